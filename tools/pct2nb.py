@@ -1,0 +1,27 @@
+"""Convert percent-format Python scripts (`# %%` cells) into clean notebooks in `nbs/`, or back.
+
+Developer tool: `python tools/pct2nb.py SRC.py nbs/NAME.ipynb` writes the notebook;
+`python tools/pct2nb.py --to-py nbs/NAME.ipynb OUT.py` writes the script for editing.
+"""
+import os, sys, tempfile
+import jupytext
+
+KERNEL = {"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}}
+
+def to_notebook(src, dst):
+    nb = jupytext.read(src, fmt="py:percent")
+    nb.metadata = dict(KERNEL)
+    for cell in nb.cells: cell.metadata = {}
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dst)), prefix=".", suffix=".ipynb")
+    os.close(fd)
+    jupytext.write(nb, tmp, fmt="ipynb")
+    os.replace(tmp, dst)  # atomic: other processes never see a half-written notebook
+
+def to_script(src, dst):
+    jupytext.write(jupytext.read(src), dst, fmt="py:percent")
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args and args[0] == "--to-py": to_script(*args[1:3])
+    elif len(args) == 2: to_notebook(*args)
+    else: sys.exit(__doc__)
