@@ -15,6 +15,7 @@ def to_notebook(src, dst):
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dst)), prefix=".", suffix=".ipynb")
     os.close(fd)
     jupytext.write(nb, tmp, fmt="ipynb")
+    os.chmod(tmp, 0o644)
     os.replace(tmp, dst)  # atomic: other processes never see a half-written notebook
 
 def to_script(src, dst):
