@@ -16,7 +16,7 @@ fi
 step "nbdev-export leaves no diff"
 nbdev-export
 if [ -n "$(git status --porcelain -- cropkit pyproject.toml)" ]; then
-  git status --porcelain -- cropkit pyproject.toml; git --no-pager diff -- cropkit pyproject.toml | head -50
+  git status --porcelain -- cropkit pyproject.toml; git --no-pager diff --stat -- cropkit pyproject.toml
   echo "FAIL: cropkit/ does not match nbs/; run nbdev-export and commit" >&2; exit 1
 fi
 
