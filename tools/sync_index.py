@@ -10,9 +10,12 @@ import nbformat
 ROOT = Path(__file__).resolve().parent.parent
 
 def readme_sections(text: str) -> list[str]:
-    "Split markdown `text` before each level-2 heading."
+    "Split markdown `text` before each level-2 heading; the title and its `>` summary form the first cell."
     parts = re.split(r"(?m)^(?=## )", text.strip() + "\n")
-    return [p.strip() for p in parts if p.strip()]
+    head, _, intro = parts[0].partition("\n\n>")  # nbdev reads list items in the title cell as front matter
+    summary, _, rest = intro.partition("\n\n")
+    first = [head.strip() + "\n\n>" + summary, rest] if intro else [parts[0]]
+    return [p.strip() for p in first + parts[1:] if p.strip()]
 
 def write_index(readme=ROOT / "README.md", index=ROOT / "nbs" / "index.ipynb"):
     nb = nbformat.v4.new_notebook()
