@@ -23,4 +23,6 @@ def test_readme_tour_runs(tmp_path, monkeypatch):
         exec(compile(code, "README.md", "exec"), namespace)
     assert tuple(namespace["X"].shape) == (45, 13)           # the BreizhCrops item of the tour
     assert len(namespace["learner"].history) == 1
+    assert 0.0 <= namespace["scores"].score <= 1.0                # mean mFscore over the four levels
+    assert (tmp_path / "runs" / "h2crop-tiny" / "best.pt").exists()
     assert (tmp_path / "runs" / "tempcnn" / "history.csv").exists()
