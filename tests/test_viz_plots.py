@@ -189,6 +189,8 @@ def no_holoviews(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     for mod in [m for m in list(sys.modules) if m == "holoviews" or m.startswith("holoviews.")]:
         monkeypatch.delitem(sys.modules, mod)
+    # a None entry makes importlib.import_module fail too, even when an earlier test imported holoviews
+    monkeypatch.setitem(sys.modules, "holoviews", None)
 
 
 def test_holoviews_missing_gives_clear_message(no_holoviews, parcels):
