@@ -59,7 +59,9 @@ def test_train_victoria_writes_results(victoria_run):
     assert len(preds) == 400 and (preds.y_pred == preds.y_true).mean() == pytest.approx(res["accuracy"])
     assert len(pd.read_csv(victoria_run / "history.csv")) == 2
     ck = load_checkpoint(victoria_run / "last.pt")
-    assert ck["normalization"]["method"] == "standardize" and len(ck["normalization"]["mean"]) == 10
+    norm = ck["normalization"]
+    assert norm["method"] == "standardize" and norm["indices"] == ["NDVI", "NDWI"] and len(norm["mean"]) == 12
+    assert ck["input_dim"] == 12 and norm["bands"][:3] == ["B2", "B3", "B4"]
 
 
 def test_evaluate_checkpoint_reproduces_test_scores(victoria_run, capsys, tmp_path):
@@ -141,6 +143,16 @@ def test_wrong_input_width_for_checkpoint(victoria_run, bzh_root, capsys):
     assert_user_error(code, err, "expects 10 input bands, but the data have 13")
 
 
+def test_recipe_options_change_the_run(capsys, tmp_path):
+    logdir = tmp_path / "plain"
+    code, _, err = run(capsys, ["train", "TempCNN", "--epochs", "1", "--indices", "none", "--augmentation", "none",
+                                "--normalization", "none", "--scheduler", "none", "--logdir", logdir, *SMALL])
+    assert code == 0, err
+    res = json.loads((logdir / "results.json").read_text())
+    assert (res["recipe"]["indices"], res["recipe"]["augmentation"], res["recipe"]["scheduler"]) == ([], {}, None)
+    assert load_checkpoint(logdir / "last.pt")["input_dim"] == 10
+
+
 # --- tune, data, recipes ----------------------------------------------------------------------------------
 
 def test_tune(capsys, tmp_path):
@@ -177,6 +189,8 @@ def test_data_summary_and_recipes(capsys):
     (["train", "TempCNN", "--learning-rate", "-1"], ["lr must be a number > 0"]),
     (["train", "TempCNN", "--scheduler", "step"], ["unknown scheduler 'step'"]),
     (["train", "TempCNN", "--augmentation", "flip=1"], ["unknown augmentation ['flip']"]),
+    (["train", "TempCNN", "--indices", "EVI"], ["unknown spectral index 'EVI'"]),
+    (["train", "TempCNN", "--normalization", "minmax"], ["unknown normalization 'minmax'"]),
     (["train", "TempCNN", "--mode", "evaluation1"], ["unknown --mode 'evaluation1' for victoria"]),
     (["train", "TempCNN", "--dataset", "breizhcrops", "--root", "/no/such/dir"], ["BreizhCrops folder /no/such/dir does not exist"]),
     (["train", "RandomForest", "--dataset", "breizhcrops"], ["victoria only"]),

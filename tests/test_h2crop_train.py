@@ -170,3 +170,23 @@ def test_configs_lists_the_published_names(capsys):
     assert main(["configs"]) == 0
     out = capsys.readouterr().out.split()
     assert "tiny" in out and "crops_S2_H_P_Dec" in out and "level4_crops_S2_jun" in out
+
+
+def test_cropkit_h2crop_subcommand_runs_the_trainer(root48, tmp_path):
+    "The installed `cropkit` entry point passes `h2crop ...` through: train + test write metrics; bad input exits 2."
+    import os, shutil, subprocess
+    exe = shutil.which("cropkit")
+    if exe is None: pytest.skip("the cropkit entry point is not installed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    work = tmp_path / "cli"
+    done = subprocess.run([exe, "h2crop", "train", "tiny", "--root", str(root48), "--work-dir", str(work), "--epochs", "1",
+                           "--batch-size", "2", "--device", "cpu", "--val-split", "none", "--test", "--quiet", *SMALL_ARGS],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((work / "test_metrics.json").read_text())
+    assert metrics["all"]["level4"]["n_pixels"] == 48 * 48
+    bad = subprocess.run([exe, "h2crop", "test", "tiny", "--root", str(root48), "--checkpoint", str(tmp_path / "gone.pt")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "gone.pt" in bad.stderr
+    usage = subprocess.run([exe, "h2crop", "--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: cropkit h2crop")

@@ -48,3 +48,14 @@ def test_wheel_contains_subpackages(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for module in ("cropkit/core.py", "cropkit/data/__init__.py", "cropkit/models/__init__.py"):
         assert module in names, f"{module} missing from {wheel.name}"
+
+
+def test_subpackages_export_their_names():
+    "`from cropkit.models import *` (and data, viz) brings in the re-exported names, all of which exist."
+    import importlib
+    for name, expected in [("cropkit.data", "H2Crop"), ("cropkit.models", "get_model"), ("cropkit.viz", "plot_confusion")]:
+        module = importlib.import_module(name)
+        assert expected in module.__all__, name
+        namespace = {}
+        exec(f"from {name} import *", namespace)
+        assert set(module.__all__) <= set(namespace), name
