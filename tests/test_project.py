@@ -48,6 +48,24 @@ def test_wheel_contains_subpackages(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for module in ("cropkit/core.py", "cropkit/data/__init__.py", "cropkit/models/__init__.py"):
         assert module in names, f"{module} missing from {wheel.name}"
+    shipped = {p.relative_to(ROOT / "data").as_posix() for p in (ROOT / "data").rglob("*") if p.is_file()}
+    in_wheel = {n.split("/share/cropkit/data/", 1)[1] for n in names if "/share/cropkit/data/" in n}
+    assert shipped and shipped == in_wheel, f"data/ files missing from the wheel: {sorted(shipped - in_wheel)}"
+
+
+def test_data_path_finds_a_wheel_installed_copy(tmp_path, monkeypatch):
+    "Without a clone's data/ next to the package, data_path uses <sys.prefix>/share/cropkit/data."
+    import cropkit.core as core
+    prefix = tmp_path / "prefix"
+    (prefix / "share" / "cropkit" / "data" / "h2crop").mkdir(parents=True)
+    (prefix / "share" / "cropkit" / "data" / "h2crop" / "cascade_labels.csv").write_text("x\n")
+    monkeypatch.delenv("CROPKIT_DATA", raising=False)
+    monkeypatch.setattr(core, "_package_dir", lambda: tmp_path / "site-packages" / "cropkit")
+    monkeypatch.setattr(core.sys, "prefix", str(prefix))
+    assert core.data_path("h2crop", "cascade_labels.csv") == prefix / "share" / "cropkit" / "data" / "h2crop" / "cascade_labels.csv"
+    monkeypatch.setattr(core.sys, "prefix", str(tmp_path / "elsewhere"))
+    with pytest.raises(FileNotFoundError, match="set CROPKIT_DATA"):
+        core.data_path("h2crop")
 
 
 def test_subpackages_export_their_names():
