@@ -153,6 +153,24 @@ def test_recipe_options_change_the_run(capsys, tmp_path):
     assert load_checkpoint(logdir / "last.pt")["input_dim"] == 10
 
 
+def test_time_channel_round_trip(capsys, tmp_path):
+    "--time-channel adds one input channel; evaluate restores it from the checkpoint and reproduces the test scores."
+    logdir = tmp_path / "timed"
+    code, _, err = run(capsys, ["train", "TempCNN", "--epochs", "1", "--time-channel", "--logdir", logdir, *SMALL])
+    assert code == 0, err
+    ck = load_checkpoint(logdir / "last.pt")
+    assert ck["input_dim"] == 13 and ck["normalization"]["time_channel"] is True
+    res = json.loads((logdir / "results.json").read_text())
+    code, _, err = run(capsys, ["evaluate", logdir / "last.pt", "--output", tmp_path / "eval"])
+    assert code == 0, err
+    again = json.loads((tmp_path / "eval" / "metrics-victoria-evaluation.json").read_text())
+    assert again["accuracy"] == pytest.approx(res["accuracy"])
+    code, _, err = run(capsys, ["train", "TransformerEncoder", "--epochs", "1", "--no-time-channel", "-H", "d_model=8,n_layers=1",
+                                "--batchsize", "64", "-q", "--logdir", tmp_path / "untimed"])
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "untimed" / "last.pt")["input_dim"] == 12      # 10 bands + NDVI + NDWI
+
+
 # --- tune, data, recipes ----------------------------------------------------------------------------------
 
 def test_tune(capsys, tmp_path):
