@@ -33,13 +33,7 @@ OVERRIDES = dict(img_size=48, enmap_size=16, drop_path=0.0)
 SET = [a for k, v in OVERRIDES.items() for a in ("--set", f"{k}={v}")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "One torch thread: on a shared or busy CPU, several threads spinning against other processes are many times slower."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def _free_port() -> int:

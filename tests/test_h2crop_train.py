@@ -15,13 +15,7 @@ from cropkit.train import NonFiniteLossError
 SMALL = dict(img_size=48, enmap_size=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "One torch thread: on a shared or busy CPU, several threads spinning against other processes are many times slower."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 SMALL_ARGS = ["--set", "img_size=48", "--set", "enmap_size=16"]
 
 

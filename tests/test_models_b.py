@@ -20,13 +20,7 @@ SMALL = {  # small configurations that keep the tests fast
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    "These models are small: one intra-op thread is faster than two competing ones on a busy CPU."
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 # ---------------------------------------------------------------- bad hyperparameters and input

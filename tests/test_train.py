@@ -41,11 +41,7 @@ def mlp(seed=0, T=4, D=3, C=3):
     return nn.Sequential(nn.Flatten(), nn.Linear(T * D, 12), nn.ReLU(), nn.Dropout(0.3), nn.Linear(12, C))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 TRAIN, VALID = Toy(40, seed=0), Toy(20, seed=1, jitter=0)
