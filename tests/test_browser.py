@@ -5,7 +5,8 @@ folders and a kernelspec pinned to this interpreter) serves a copy of `nbs/90_tu
 Playwright opens it, clicks Run > Run All Cells, waits for the kernel to go idle, then checks that:
 
 - every code cell ran, no cell shows an error, and the kernel was this virtual environment's python;
-- the figures were rendered as images, and the folium map's iframe drew its Leaflet map with the parcels.
+- the figures were rendered as images, and the folium map's iframe drew its Leaflet map with the parcels and
+  is exactly as tall as the map (no blank band under it), which is not squeezed.
 
 Screenshots go to `tests/artifacts/` (git-ignored; `CROPKIT_TEST_ARTIFACTS` changes the folder).
 
@@ -330,6 +331,11 @@ def test_tutorial_runs_in_jupyterlab(lab):
                 warnings.warn(f"Leaflet {version} unavailable ({leaflet_source}): the maps' drawing was not checked")
             for k, (iframe, frame) in enumerate(maps):
                 iframe.scroll_into_view_if_needed()
+                frame_height = iframe.bounding_box()["height"]
+                map_height = frame.locator(".folium-map").first.bounding_box()["height"]
+                assert abs(frame_height - map_height) <= 4, \
+                    f"map {k} is {map_height:.0f} px tall in a {frame_height:.0f} px frame (a blank band under it)"
+                assert map_height >= 300, f"map {k} is squeezed to {map_height:.0f} px"
                 if leaflet is not None:
                     frame.wait_for_selector(".leaflet-container", timeout=30_000)
                     assert frame.locator("path.leaflet-interactive").count() > 0, f"map {k} shows no parcels or points"

@@ -394,12 +394,14 @@ def add_legend(m, title: str, entries: Sequence[tuple], position: str = "bottomr
     m.add_child(el)
     return m
 
-# %% ../../nbs/30_viz.maps.ipynb #01752043
+# %% ../../nbs/30_viz.maps.ipynb #b2e5de43
 def base_map(tiles: str | None = None, attr: str | None = None, background=None, width="100%", height=450, **kwargs):
     "A folium Map: no tiles (offline), a folium tile name or URL template (`attr` for custom URLs), optional background image."
     folium = require_viz("folium", "parcel maps")
-    figure = folium.Figure(width=width, height=height)      # the notebook frame gets exactly the map's size
-    m = folium.Map(tiles=tiles, attr=attr, width="100%", height="100%", control_scale=True, **kwargs).add_to(figure)
+    relative = isinstance(height, str) and height.strip().endswith("%")
+    figure = folium.Figure(width=width, height=None if relative else height)   # a pixel height sizes the notebook frame
+    m = folium.Map(tiles=tiles, attr=attr, width="100%", height=height if relative else "100%", control_scale=True,
+                   **kwargs).add_to(figure)
     if background is not None:
         if not (isinstance(background, (tuple, list)) and len(background) == 2):
             raise ValueError("background must be (image, bounds): a PNG/JPEG path or an RGB(A) array, and [[south, west], [north, east]]")
