@@ -1,0 +1,38 @@
+"""The quality benchmarks' scripts run and write the rows that `nbs/26_recipes.ipynb` reads.
+
+`benchmarks/victoria_reference.py` is run for one epoch of one model (the real runs take minutes); the
+test checks the row it appends and that it refuses a model it has no reference hyperparameters for.
+"""
+import subprocess, sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("breizhcrops.models", reason="the reference package `breizhcrops` is not installed")
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "victoria_reference.py"
+
+
+def run(*args, **kwargs):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=ROOT,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, timeout=300, **kwargs)
+
+
+def test_reference_rerun_appends_one_row_per_model_and_seed(tmp_path):
+    out = tmp_path / "ref.tsv"
+    for seed in (0, 1):
+        r = run("--models", "TempCNN", "--seeds", str(seed), "--epochs", "1", "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        assert f"TempCNN seed {seed}: accuracy" in r.stdout
+    rows = pd.read_csv(out, sep="\t")
+    assert list(rows.columns) == ["model", "seed", "accuracy", "kappa", "f1_macro", "seconds"]
+    assert rows.model.tolist() == ["TempCNN", "TempCNN"] and rows.seed.tolist() == [0, 1]
+    assert rows.accuracy.between(0, 1).all() and (rows.seconds > 0).all()
+
+
+def test_reference_rerun_refuses_unknown_models(tmp_path):
+    r = run("--models", "OmniScaleCNN", "--out", str(tmp_path / "ref.tsv"))
+    assert r.returncode == 2 and "invalid choice: 'OmniScaleCNN'" in r.stderr
+    assert not (tmp_path / "ref.tsv").exists()
