@@ -385,7 +385,7 @@ def evaluate_model(model: nn.Module, data, normalization: dict | None = None, de
     "Predictions (`cropkit.train.Predictions`) of `model` on `data`, normalised with the stored `normalization`."
     return predict(model, normalize(data, normalization), device=device, batch_size=batch_size)
 
-# %% ../nbs/26_recipes.ipynb #cab0c64f
+# %% ../nbs/26_recipes.ipynb #1d5b19d3
 def _breizhcrops_recipe(name: str) -> Recipe:
     "Recipe from the BreizhCrops paper's preset (`cropkit.protocol.PRESETS`); the Transformer's for models without one."
     key = name if name in PRESETS else "TransformerEncoder"
@@ -401,8 +401,8 @@ RECIPES: dict[str, dict[str, Recipe]] = {
     "victoria": {
         "TempCNN": Recipe("TempCNN", lr=3e-3, weight_decay=0.0, hparams=dict(kernel_size=5, hidden_dims=64, dropout=0.5), **_V),
         "TransformerEncoder": Recipe("TransformerEncoder", lr=2e-3, weight_decay=1e-4,
-                                     hparams=dict(d_model=64, n_head=2, n_layers=5), **{**_V, "epochs": 100},
-                                     time_channel=True),
+                                     hparams=dict(d_model=64, n_head=2, n_layers=5),
+                                     **{**_V, "epochs": 100, "augmentation": dict(mixup=0.8)}, time_channel=True),
         "LSTM": Recipe("LSTM", lr=3e-3, weight_decay=1e-6, hparams=dict(hidden_dims=128, num_layers=4, bidirectional=True), **_V),
         "MSResNet": Recipe("MSResNet", lr=3e-3, weight_decay=1e-4, **_V),
         "InceptionTime": Recipe("InceptionTime", lr=3e-3, weight_decay=1e-4, **_V),
