@@ -41,11 +41,11 @@ def import_reference():
     return None, stubbed
 
 
-def reference_model(bc, name: str, input_dim: int, num_classes: int, length: int, device: torch.device):
-    "The BreizhCrops model `name` with its default hyperparameters."
-    if name == "TempCNN": return bc.TempCNN(input_dim=input_dim, num_classes=num_classes, sequencelength=length)
-    if name == "LSTM": return bc.LSTM(input_dim=input_dim, num_classes=num_classes)
-    if name == "TransformerEncoder": return bc.TransformerModel(input_dim=input_dim, num_classes=num_classes)
+def reference_model(bc, name: str, input_dim: int, num_classes: int, length: int, device: torch.device, **hparams):
+    "The BreizhCrops model `name` with its default hyperparameters (TempCNN, LSTM, Transformer: `hparams` override them)."
+    if name == "TempCNN": return bc.TempCNN(input_dim=input_dim, num_classes=num_classes, sequencelength=length, **hparams)
+    if name == "LSTM": return bc.LSTM(input_dim=input_dim, num_classes=num_classes, **hparams)
+    if name == "TransformerEncoder": return bc.TransformerModel(input_dim=input_dim, num_classes=num_classes, **hparams)
     if name == "PETransformerModel": return bc.PETransformerModel(input_dim=input_dim, num_classes=num_classes)
     if name == "MSResNet": return bc.MSResNet(input_dim=input_dim, num_classes=num_classes)
     if name == "InceptionTime": return bc.InceptionTime(num_classes=num_classes, input_dim=input_dim, device=device)

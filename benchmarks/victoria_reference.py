@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_training import import_reference          # noqa: E402  (same folder)
+from bench_training import import_reference, reference_model          # noqa: E402  (same folder)
 
 # the hyperparameters data/README.md names for each reference figure (others: the package's defaults)
 REFERENCE_HPARAMS = {"TempCNN": dict(kernel_size=5, hidden_dims=64, dropout=0.5),
@@ -27,20 +27,13 @@ REFERENCE_HPARAMS = {"TempCNN": dict(kernel_size=5, hidden_dims=64, dropout=0.5)
                      "LSTM": dict(hidden_dims=128, num_layers=4, bidirectional=True)}
 
 
-def build(bc, name: str, input_dim: int, num_classes: int, length: int) -> torch.nn.Module:
-    "The reference model `name` with the hyperparameters of `REFERENCE_HPARAMS`."
-    hp = REFERENCE_HPARAMS[name]
-    if name == "TempCNN": return bc.TempCNN(input_dim=input_dim, num_classes=num_classes, sequencelength=length, **hp)
-    if name == "LSTM": return bc.LSTM(input_dim=input_dim, num_classes=num_classes, **hp)
-    return bc.TransformerModel(input_dim=input_dim, num_classes=num_classes, **hp)
-
-
 def train_and_test(bc, name: str, train, test, seed: int, epochs: int = 60, lr: float = 1e-3, batch_size: int = 32) -> dict:
     "Train the reference model on `train` with the README protocol; test scores on `test`."
     from cropkit.metrics import classification_metrics
     torch.manual_seed(seed); np.random.seed(seed)
     x, y = torch.as_tensor(train.X, dtype=torch.float32), torch.as_tensor(train.y, dtype=torch.long)
-    model = build(bc, name, x.shape[2], len(train.classes), x.shape[1])
+    model = reference_model(bc, name, x.shape[2], len(train.classes), x.shape[1], torch.device("cpu"),
+                            **REFERENCE_HPARAMS[name])
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
