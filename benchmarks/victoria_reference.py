@@ -29,7 +29,7 @@ REFERENCE_HPARAMS = {"TempCNN": dict(kernel_size=5, hidden_dims=64, dropout=0.5)
 
 def train_and_test(bc, name: str, train, test, seed: int, epochs: int = 60, lr: float = 1e-3, batch_size: int = 32) -> dict:
     "Train the reference model on `train` with the README protocol; test scores on `test`."
-    from cropkit.metrics import classification_metrics
+    from cropkit.evaluate.metrics import classification_metrics
     torch.manual_seed(seed); np.random.seed(seed)
     x, y = torch.as_tensor(train.X, dtype=torch.float32), torch.as_tensor(train.y, dtype=torch.long)
     model = reference_model(bc, name, x.shape[2], len(train.classes), x.shape[1], torch.device("cpu"),

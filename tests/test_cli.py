@@ -239,7 +239,7 @@ def test_corrupt_checkpoint(capsys, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(capsys, tmp_path, monkeypatch):
-    import cropkit.recipes as recipes
+    import cropkit.train.recipes as recipes
     real_get_model = recipes.get_model
     def nan_in_epoch_2(*args, **kwargs):
         model = real_get_model(*args, **kwargs)

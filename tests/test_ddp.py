@@ -25,7 +25,7 @@ import torch
 
 from cropkit.core import set_seed
 from cropkit.data.h2crop_synthetic import make_h2crop
-from cropkit.h2crop_train import main
+from cropkit.train.h2crop import main
 from cropkit.models.h2crop import build_model
 from cropkit.models.h2crop_swin import load_checkpoint_file
 
@@ -49,7 +49,7 @@ def _train_args(root, work, batch_size, *extra):
 
 def _torchrun(args, nproc=2, timeout=300):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "cropkit.h2crop_train", *args]
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "cropkit.train.h2crop", *args]
     env = {k: v for k, v in os.environ.items() if k not in ("CROPKIT_DEVICE", "WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -1,4 +1,4 @@
-"""Integration and bad-input tests of `cropkit.h2crop_train`: the `tiny` configuration trained end to end on a
+"""Integration and bad-input tests of `cropkit.train.h2crop`: the `tiny` configuration trained end to end on a
 generated 96 × 96 H2Crop folder through the command line, exact resuming, NaN handling, and clear errors."""
 import json
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cropkit.data.h2crop_synthetic import make_h2crop
-from cropkit.h2crop_train import H2CropTrainer, main
+from cropkit.train.h2crop import H2CropTrainer, main
 from cropkit.models.h2crop import build_model, load_h2crop, save_h2crop
 from cropkit.train import NonFiniteLossError
 

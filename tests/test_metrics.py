@@ -1,4 +1,4 @@
-"""Tests of `cropkit.metrics`: agreement with scikit-learn, absent classes, and bad input."""
+"""Tests of `cropkit.evaluate.metrics`: agreement with scikit-learn, absent classes, and bad input."""
 import warnings
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from cropkit.metrics import (METRIC_KEYS, check_labels, classification_metrics, classification_report_df,
+from cropkit.evaluate.metrics import (METRIC_KEYS, check_labels, classification_metrics, classification_report_df,
                              confusion_matrix_df)
 
 rng = np.random.default_rng(0)

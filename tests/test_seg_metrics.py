@@ -1,4 +1,4 @@
-"""Tests of `cropkit.seg_metrics` beyond the notebook: agreement with scikit-learn and with the published
+"""Tests of `cropkit.evaluate.segmentation` beyond the notebook: agreement with scikit-learn and with the published
 (mmseg-style) per-tile intersect/union evaluation, the sum over two Gloo processes, JSON/CSV output and bad input."""
 import json, os, socket
 
@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from cropkit.data.h2crop import LEVELS, default_taxonomy
-from cropkit.seg_metrics import ConfusionAccumulator, HierarchicalMetrics, class_table, confusion_scores
+from cropkit.evaluate.segmentation import ConfusionAccumulator, HierarchicalMetrics, class_table, confusion_scores
 
 
 def _maps(seed, n=4, size=12, classes=9, ignore=None):

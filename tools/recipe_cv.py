@@ -1,7 +1,7 @@
 """Grouped cross-validation of a Victoria recipe on the *training* series only (never the test series).
 
-Used to choose the default recipes in `cropkit.recipes.RECIPES`; the results are summarised in
-`nbs/26_recipes.ipynb`. Folds keep whole polygons together (`cropkit.recipes.sample_groups`), because
+Used to choose the default recipes in `cropkit.train.recipes.RECIPES`; the results are summarised in
+`nbs/26_recipes.ipynb`. Folds keep whole polygons together (`cropkit.train.recipes.sample_groups`), because
 pixels of one polygon are near-duplicates and would otherwise leak between fit and validation parts.
 
     OMP_NUM_THREADS=1 python tools/recipe_cv.py TempCNN --seeds 0,1,2
@@ -19,7 +19,7 @@ import numpy as np
 
 def recipe_with(model: str, changes: dict):
     "The default Victoria recipe of `model` with `changes` (recipe fields; 'augmentation' replaced whole)."
-    from cropkit.recipes import get_recipe
+    from cropkit.train.recipes import get_recipe
     recipe = get_recipe("victoria", model)
     changes = dict(changes)
     if "augmentation" in changes: recipe = dataclasses.replace(recipe, augmentation=changes.pop("augmentation"))
@@ -29,8 +29,8 @@ def recipe_with(model: str, changes: dict):
 
 def forest_cv(train, folds: int, seed: int, changes: dict) -> list[float]:
     "Validation accuracies of the 500-tree random forest on grouped folds; `changes`: indices and scikit-learn options."
-    from cropkit.baselines import RandomForestBaseline
-    from cropkit.recipes import normalize, sample_groups, stratified_folds
+    from cropkit.train.baselines import RandomForestBaseline
+    from cropkit.train.recipes import normalize, sample_groups, stratified_folds
     indices = tuple(changes.get("indices", ()))
     accs = []
     for fit_part, valid_part in stratified_folds(train, folds, seed, sample_groups(train)):
@@ -45,8 +45,8 @@ def forest_cv(train, folds: int, seed: int, changes: dict) -> list[float]:
 
 def network_cv(train, model: str, folds: int, seed: int, changes: dict) -> list[float]:
     "Validation accuracies of the (changed) default recipe of `model` on grouped folds."
-    from cropkit.recipes import sample_groups
-    from cropkit.tune import cross_validate
+    from cropkit.train.recipes import sample_groups
+    from cropkit.train.tune import cross_validate
     table = cross_validate(recipe_with(model, changes), train, folds=folds, seed=seed, groups=sample_groups(train))
     return table["valid_accuracy"].tolist()
 

@@ -116,6 +116,7 @@ class SeededSampler(Sampler):
             else list(range(self.n))
         rank, world = process_group()
         if world == 1: return order
+        if not self.shuffle: return order[rank::world]          # evaluation: every sample exactly once, uneven shards
         total = math.ceil(self.n / world) * world
         order = (order * math.ceil(total / max(1, self.n)))[:total]
         return order[rank::world]
@@ -123,7 +124,8 @@ class SeededSampler(Sampler):
     def __iter__(self): return iter(self._order())
     def __len__(self) -> int:
         rank, world = process_group()
-        return self.n if world == 1 else math.ceil(self.n / world)
+        if world == 1: return self.n
+        return math.ceil(self.n / world) if self.shuffle else len(range(rank, self.n, world))
 
 # %% ../../nbs/20_train.engine.ipynb #4f60beac
 def make_loader(data, batch_size: int = 64, shuffle: bool = False, seed: int = 0, num_workers: int = 0,
