@@ -1,6 +1,7 @@
 """Integration and bad-input tests of `cropkit.train`: resume equivalence, early stopping, NaN handling,
 checkpoint atomicity and the history CSV. Tiny data, CPU only."""
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,8 +12,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from cropkit.core import set_seed
 from cropkit.train import (BEST_FILE, HISTORY_FILE, LAST_FILE, Learner, NonFiniteLossError, Predictions, fit,
-                           load_checkpoint, load_predictions, predict, save_checkpoint, save_predictions)
-import cropkit.train as train_mod
+                           load_checkpoint, load_predictions, predict, save_predictions, write_checkpoint)
+import cropkit.train.engine as train_mod
 
 
 class Toy(Dataset):
@@ -126,13 +127,15 @@ def test_resume_with_dataloaders_and_without_schedule_can_extend(tmp_path):
     assert_same_run(full, more)
 
 
-def test_resume_refuses_changed_schedule_and_warns_on_changed_settings(tmp_path):
+def test_resume_refuses_changed_schedule_and_changed_settings(tmp_path):
     make(tmp_path, scheduler="cosine").fit(2)
     with pytest.raises(ValueError, match="resume with epochs=2"):
         make(tmp_path, scheduler="cosine").fit(3, resume=True)
     make(tmp_path/"b").fit(2)
-    with pytest.warns(UserWarning, match="changed settings.*'lr': \\(0.02, 0.05\\)"):
+    before = {p.name: p.read_bytes() for p in (tmp_path/"b").iterdir()}
+    with pytest.raises(ValueError, match="belongs to another run:\n  training.lr: 0.02 in the checkpoint, 0.05 now"):
         make(tmp_path/"b", lr=0.05).fit(3, resume=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path/"b").iterdir()} == before
 
 
 def test_resume_errors(tmp_path):
@@ -149,10 +152,16 @@ def test_resume_errors(tmp_path):
         other.fit(2, resume=True)
 
 
-def test_fresh_fit_warns_before_overwriting_a_run(tmp_path):
+def test_fresh_fit_refuses_a_finished_run_unless_overwrite(tmp_path):
     make(tmp_path).fit(1)
-    with pytest.warns(UserWarning, match="pass resume=True"):
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(FileExistsError, match="already holds a run .*--resume.*--overwrite"):
         make(tmp_path).fit(1)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    (tmp_path/"results.json").write_text("{}")                       # a file of the old run ...
+    make(tmp_path, overwrite=True).fit(2)
+    assert not (tmp_path/"results.json").exists()                    # ... never mixed with the new one
+    assert load_checkpoint(tmp_path/LAST_FILE)["training_state"]["epoch"] == 2
 
 
 # --- early stopping ----------------------------------------------------------------------------------------
@@ -256,7 +265,8 @@ def test_checkpoint_contents_and_weights_only_loading(tmp_path):
         assert (ck["name"], ck["hparams"], ck["input_dim"], ck["num_classes"], ck["sequencelength"], ck["classes"]) == \
                ("toy-mlp", {"hidden": 12}, 3, 3, 4, ["c0", "c1", "c2"])
     state = load_checkpoint(tmp_path/LAST_FILE)["training_state"]
-    assert {"epoch", "optimizer", "scheduler", "rng", "early_stopping", "history", "config"} <= set(state)
+    assert {"epoch", "rng", "history", "config", "stopped_early", "best_epoch"} <= set(state)
+    assert {"optimizer_states", "lr_schedulers", "loops", "weights_sha256", "manifest"} <= set(load_checkpoint(tmp_path/LAST_FILE))
     assert state["config"]["lr"] == 0.02 and len(state["history"]) == 2
 
 
@@ -269,19 +279,19 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")                         # ... and a crash
     monkeypatch.setattr(torch, "save", crashing_save)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(tmp_path/LAST_FILE, {"state_dict": {}}, {"epoch": 99})
+        write_checkpoint(tmp_path/LAST_FILE, {"state_dict": {}, "training_state": {"epoch": 99}})
     monkeypatch.undo()
     assert (tmp_path/LAST_FILE).read_bytes() == before
     assert load_checkpoint(tmp_path/LAST_FILE)["training_state"]["epoch"] == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([BEST_FILE, LAST_FILE, HISTORY_FILE])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([BEST_FILE, LAST_FILE, HISTORY_FILE, "manifest.json"])
 
 
 def test_crash_while_saving_during_fit_keeps_previous_epoch(tmp_path, monkeypatch):
-    real = train_mod.save_checkpoint
-    def flaky(path, payload, state=None):
-        if path.name == LAST_FILE and state["epoch"] == 2: raise OSError("killed while writing")
-        return real(path, payload, state)
-    monkeypatch.setattr(train_mod, "save_checkpoint", flaky)
+    real = train_mod.write_checkpoint
+    def flaky(path, checkpoint):
+        if Path(path).name == LAST_FILE and checkpoint["training_state"]["epoch"] == 2: raise OSError("killed while writing")
+        return real(path, checkpoint)
+    monkeypatch.setattr(train_mod, "write_checkpoint", flaky)
     with pytest.raises(OSError, match="killed while writing"):
         make(tmp_path).fit(3)
     monkeypatch.undo()

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from ..core import atomic_write, get_device, require_file, set_seed
 
@@ -130,8 +130,13 @@ class SeededSampler(Sampler):
 # %% ../../nbs/20_train.engine.ipynb #4f60beac
 def make_loader(data, batch_size: int = 64, shuffle: bool = False, seed: int = 0, num_workers: int = 0,
                 collate_fn: Callable | None = None, pin_memory: bool = False) -> DataLoader:
-    "A `DataLoader` over the Dataset `data` with a `SeededSampler` (a DataLoader is returned as it is)."
-    if isinstance(data, DataLoader): return data
+    "A `DataLoader` over `data` with a `SeededSampler`; a given shuffling DataLoader gets one too (reproducible resume)."
+    if isinstance(data, DataLoader):
+        if not (shuffle and isinstance(data.sampler, RandomSampler)): return data
+        gen = torch.Generator().manual_seed(int(seed))
+        return DataLoader(data.dataset, batch_size=data.batch_size, sampler=SeededSampler(len(data.dataset), True, seed, gen),
+                          num_workers=data.num_workers, collate_fn=data.collate_fn, pin_memory=data.pin_memory,
+                          drop_last=data.drop_last, generator=gen)
     if not isinstance(data, Dataset) and not hasattr(data, "__getitem__"):
         raise TypeError(f"expected a torch Dataset or DataLoader, got {type(data).__name__}")
     if len(data) == 0: raise ValueError("the dataset is empty")
@@ -301,7 +306,10 @@ def write_json(path: str | os.PathLike, obj: dict) -> Path:
     return Path(path)
 
 # %% ../../nbs/20_train.engine.ipynb #75133e6e
-import lightning.pytorch as pl
+import lightning.pytorch as pl, logging
+for _name in ("lightning.pytorch", "lightning.fabric"): logging.getLogger(_name).setLevel(logging.WARNING)   # cropkit prints its own lines
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 class NonFiniteLossError(FloatingPointError):
     "Training produced a NaN/inf loss or NaN/inf weights; the checkpoints keep the last good epoch."
@@ -342,6 +350,7 @@ class Task(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def training_step(self, batch, batch_idx):
+        self.batch_index = batch_idx
         loss, n = self.compute_loss(batch)
         bad = not bool(torch.isfinite(loss.detach()).all())
         if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
@@ -370,10 +379,11 @@ class Task(pl.LightningModule):
         return ["loss"]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint.update(format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, **_jsonable_tensors(self.description()))
+        checkpoint.update(format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION)
+        checkpoint.update(_jsonable_tensors(self.description()))            # a task may name its own format
         run = getattr(self, "run_info", None) or {}
         checkpoint["manifest"] = _jsonable(run.get("manifest") or {})
-        checkpoint["training_state"] = _jsonable_tensors(run.get("summary") or {})
+        checkpoint.setdefault("training_state", _jsonable_tensors(run.get("summary") or {}))   # RunFiles stores the full state in last.pt
 
 def _jsonable_tensors(obj):
     "Like `_jsonable` but keeps tensors (checkpoint entries)."
@@ -477,6 +487,8 @@ class RunFiles(Checkpoint):
         self.rows.append(row)
         es = self._early_stopping(trainer)
         improved = es.wait_count == 0 and self.learner.has_valid
+        if improved: self.learner.best_epoch = row["epoch"]
+        if es.wait_count >= es.patience: self.learner.stopped_early = True
         task, summary = self.learner.task, {"epoch": row["epoch"], "metrics": dict(row), "config": dict(self.learner.config)}
         task.run_info = {"manifest": self.learner.manifest, "summary": summary}
         if self.logdir is None:
@@ -486,19 +498,18 @@ class RunFiles(Checkpoint):
             trainer.save_checkpoint(self.logdir/LAST_FILE)
             if trainer.is_global_zero:
                 with atomic_write(self.logdir/HISTORY_FILE, "w") as f: self.learner.history.to_csv(f, index=False)
-        if es.wait_count >= es.patience: self.learner.stopped_early = True
         for cb in self.learner.callbacks: cb(self.learner, row)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         checkpoint["training_state"] = _jsonable_tensors(
             {"epoch": self.rows[-1]["epoch"] if self.rows else 0, "epochs": trainer.max_epochs,
              "config": self.learner.config, "history": [dict(r) for r in self.rows],
-             "stopped_early": self.learner.stopped_early, "rng": get_rng_state()})
+             "stopped_early": self.learner.stopped_early, "best_epoch": self.learner.best_epoch, "rng": get_rng_state()})
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
         state = checkpoint.get("training_state") or {}
         self.rows = [dict(r) for r in state.get("history", [])]
-        self._rng = state.get("rng")
+        self._rng, self.learner.best_epoch = state.get("rng"), state.get("best_epoch")
 
 # %% ../../nbs/20_train.engine.ipynb #9cfe21e2
 def _env_int(name: str, default: int) -> int:
@@ -588,7 +599,7 @@ class Learner:
         self.num_workers, self.progress, self.callbacks, self.overwrite = num_workers, progress, list(callbacks), overwrite
         self.launch = dict(devices=devices, num_nodes=num_nodes, strategy=strategy, sync_batchnorm=sync_batchnorm)
         self.data_manifest = dict(manifest or {})
-        self.best_state, self.stopped_early, self.trainer = None, False, None
+        self.best_state, self.stopped_early, self.trainer, self.best_epoch = None, False, None, None
         self.run = RunFiles(self, self.logdir)
 
     @property
@@ -601,6 +612,16 @@ class Learner:
         "What this run is: model, training settings, data, environment (written to manifest.json)."
         return {"model": _jsonable(self.task.description()), "training": dict(self.config), "data": _jsonable(self.data_manifest),
                 **run_environment(self.device, self.config["seed"])}
+
+    @property
+    def early_stopping(self):
+        "The monitored column, its best value and epoch, and the patience (None before `fit`)."
+        from types import SimpleNamespace
+        best = None
+        if self.best_epoch is not None:
+            best = next(r[self.config["monitor"]] for r in self.run.rows if r["epoch"] == self.best_epoch)
+        return SimpleNamespace(monitor=self.config["monitor"], best=best, best_epoch=self.best_epoch,
+                               patience=self.config["patience"])
 
     @property
     def history(self) -> pd.DataFrame:
@@ -668,12 +689,13 @@ def _learner_fit(self: Learner, epochs: int, resume: bool | str | os.PathLike = 
         if resume is True and self.logdir is None: raise ValueError("resume=True needs a logdir (or pass the checkpoint path)")
         ckpt_path = require_file(self.logdir/LAST_FILE if resume is True else Path(resume), "checkpoint to resume from")
     if self.logdir is not None: prepare_run_dir(self.logdir, resume=bool(resume) and resume is True, overwrite=self.overwrite)
-    self.run.rows, self.best_state, self.stopped_early = [], None, False
+    self.run.rows, self.best_state, self.stopped_early, self.best_epoch = [], None, False, None
     if ckpt_path is not None:
         ck = _check_resume(self, ckpt_path, epochs)
         state = ck["training_state"]
         if state.get("stopped_early") or state.get("epoch", 0) >= epochs:
             self.run.rows, self.stopped_early = [dict(r) for r in state["history"]], bool(state.get("stopped_early"))
+            self.best_epoch = state.get("best_epoch")
             return self.history
     elif self.logdir is not None:
         write_json(self.logdir/MANIFEST_FILE, self.manifest)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..core import atomic_write, autocast, get_device, require_file, to_device
 from ..evaluate.metrics import METRIC_KEYS, classification_metrics, scores_from_confusion
+from ..models.registry import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 from .engine import Learner, Task, make_loader, read_checkpoint
 
 # %% auto #0
@@ -111,7 +112,7 @@ class ParcelTask(Task):
 
     def description(self) -> dict:
         i = self.info
-        return {"name": self.model_name, "hparams": self.hparams_, "input_dim": i.get("input_dim"),
+        return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "name": self.model_name, "hparams": self.hparams_, "input_dim": i.get("input_dim"),
                 "num_classes": i.get("num_classes"), "sequencelength": i.get("sequencelength"),
                 "classes": None if i.get("classes") is None else [str(c) for c in i["classes"]],
                 "normalization": i.get("normalization"), "extra": {}}
@@ -125,11 +126,11 @@ class ParcelTask(Task):
         return x, y, fids
 
     def compute_loss(self, batch):
-        x, y, _ = self._batch(batch, f"epoch {self.current_epoch + 1}: ")
+        x, y, _ = self._batch(batch, f"epoch {self.current_epoch + 1}, batch {self.batch_index}: ")
         return self.loss_func(self.model(x).float(), y), len(y)
 
     def validation_step(self, batch, batch_idx):
-        x, y, _ = self._batch(batch, f"validation, batch {batch_idx}: ")
+        x, y, _ = self._batch(batch, f"validate, batch {batch_idx}: ")
         out = self.model(x).float()
         self._valid_loss.update(self.loss_func(out, y), len(y))
         if self.confusion is None:
