@@ -12,8 +12,8 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['DATASETS', 'VICTORIA_MODES', 'BASELINES', 'USER_ERRORS', 'COMMANDS', 'CLIError', 'parse_value',
            'parse_hyperparameters', 'build_parser', 'load_splits', 'resolve_model_name', 'recipe_from_args',
-           'format_scores', 'cmd_train', 'load_trained_model', 'cmd_evaluate', 'cmd_tune', 'summary_table', 'cmd_data',
-           'cmd_recipes', 'cmd_h2crop', 'main']
+           'format_scores', 'data_manifest', 'cmd_train', 'load_trained_model', 'cmd_evaluate', 'cmd_tune',
+           'summary_table', 'cmd_data', 'cmd_recipes', 'cmd_h2crop', 'main']
 
 # %% ../nbs/60_cli.ipynb #d1445f1a
 class CLIError(Exception):
@@ -68,7 +68,7 @@ def parse_hyperparameters(text: str | None) -> dict:
         out[key] = parse_value(value)
     return out
 
-# %% ../nbs/60_cli.ipynb #c2bbdafd
+# %% ../nbs/60_cli.ipynb #e6c19ecf
 DATASETS = ("victoria", "breizhcrops")
 VICTORIA_MODES = ("evaluation", "validation")
 
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_options(t); _run_options(t); _recipe_options(t)
     t.add_argument("--logdir", "-l", default=None, help="output folder (default runs/DATASET-MODEL-seedS)")
     t.add_argument("--resume", action="store_true", help="continue the run saved in LOGDIR/last.pt")
+    t.add_argument("--overwrite", action="store_true", help="replace the run LOGDIR holds (its files are removed first)")
     t.add_argument("--select", default="last", choices=("last", "best"),
                    help="model to test: the last epoch (default) or the best validation epoch (needs validation data)")
 
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="a best.pt / last.pt written by cropkit train (or random_forest.pkl)")
     _data_options(e); _run_options(e)
     e.add_argument("--output", "-o", default=None, help="output folder (default: the checkpoint's folder)")
+    e.add_argument("--overwrite", action="store_true", help="replace earlier metrics/predictions of this checkpoint and data")
 
     u = sub.add_parser("tune", help="random search of learning rate and weight decay on validation data",
                        description="Random search (log-uniform) over learning rate and weight decay, each trial a "
@@ -228,7 +230,7 @@ def recipe_from_args(args):
         recipe = dataclasses.replace(recipe, augmentation=aug)
     return recipe.replace(**changes)
 
-# %% ../nbs/60_cli.ipynb #1cb1a22d
+# %% ../nbs/60_cli.ipynb #291fb465
 USER_ERRORS = (CLIError, ValueError, KeyError, TypeError, OSError, RuntimeError, ArithmeticError)
 
 def _one_line(err: BaseException) -> str:
@@ -239,6 +241,12 @@ def _one_line(err: BaseException) -> str:
 def _prepare_runtime(args) -> None:
     "Thread settings (before heavy imports where possible)."
     if "torch" not in sys.modules: os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    for opt in ("workers",):                              # argument ranges are checked before any data is read
+        if getattr(args, opt, None) is not None and getattr(args, opt) < 0:
+            raise CLIError(f"--{opt} must be >= 0, got {getattr(args, opt)}")
+    for opt in ("epochs", "batchsize", "trials"):
+        if getattr(args, opt, None) is not None and getattr(args, opt) < 1:
+            raise CLIError(f"--{opt} must be >= 1, got {getattr(args, opt)}")
     if getattr(args, "threads", None) is not None:
         if args.threads < 1: raise CLIError(f"--threads must be >= 1, got {args.threads}")
         import torch
@@ -264,7 +272,7 @@ def format_scores(scores: dict, keys=("accuracy", "kappa", "f1_macro", "f1_weigh
     "'accuracy 0.9650  kappa 0.9600 ...' for the `keys` present in `scores`."
     return "  ".join(f"{k} {scores[k]:.4f}" for k in keys if k in scores)
 
-# %% ../nbs/60_cli.ipynb #2ed5e8a1
+# %% ../nbs/60_cli.ipynb #5eeebf40
 def _epoch_printer(args, epochs: int):
     def callback(learner, row):
         parts = [f"epoch {row['epoch']:>3}/{epochs}", f"train_loss {row['train_loss']:.4f}"]
@@ -277,10 +285,45 @@ def _epoch_printer(args, epochs: int):
 def _default_logdir(args, model: str) -> Path:
     return Path("runs")/f"{args.dataset}-{model}-seed{args.seed}"
 
+def _refuse_existing_run(logdir: Path, args) -> None:
+    "Before any data is read: a logdir holding a run needs --resume or --overwrite (and --resume a last.pt)."
+    from cropkit.train.engine import RUN_FILES, LAST_FILE
+    held = [f for f in RUN_FILES if (logdir/f).exists()] + [p.name for p in logdir.glob("random_forest.*")] if logdir.is_dir() else []
+    if args.resume and args.overwrite: raise CLIError("--resume and --overwrite exclude each other")
+    if held and not (args.resume or args.overwrite):
+        raise CLIError(f"logdir {logdir} already holds a run ({', '.join(held)}); continue it with --resume, replace it "
+                       "with --overwrite, or choose another --logdir")
+    if args.resume and not (logdir/LAST_FILE).exists():
+        raise CLIError(f"--resume: no checkpoint {logdir/LAST_FILE} to continue")
+
+def _start_run(logdir: Path, args) -> Path:
+    "Create the run folder (after the data loaded), removing an old run first with --overwrite."
+    from cropkit.train.engine import prepare_run_dir
+    try: return prepare_run_dir(logdir, resume=args.resume, overwrite=args.overwrite)
+    except OSError as e: raise CLIError(f"cannot write to logdir {logdir}: {_one_line(e)}") from None
+
+def data_manifest(args, splits: dict) -> dict:
+    "What a run was trained on: dataset, root, mode, sizes, classes and the class mapping file with its sha256."
+    from cropkit.train.engine import file_sha256
+    first = splits["train"]
+    out = {"dataset": args.dataset, "root": str(Path(args.root).resolve()) if args.root else None, "mode": splits["mode"],
+           "sizes": {k: (None if splits[k] is None else len(splits[k])) for k in ("train", "valid", "test")},
+           "classes": [str(c) for c in (getattr(first, "classes", None) or [])]}
+    if args.dataset == "breizhcrops":
+        root = Path(args.root) if args.root else Path("breizhcrops_dataset")
+        mapping = root/"classmapping.csv"
+        out |= {"year": args.year, "level": args.level,
+                "classmapping": {"path": str(mapping.resolve()), "sha256": file_sha256(mapping) if mapping.exists() else None}}
+    return out
+
 def _check_writable(logdir: Path) -> Path:
     from cropkit.train.engine import check_logdir
     try: return check_logdir(logdir)
     except OSError as e: raise CLIError(f"cannot write to logdir {logdir}: {_one_line(e)}") from None
+
+def _threads() -> int:
+    import torch
+    return torch.get_num_threads()
 
 def _results(args, model: str, splits: dict, scores: dict, elapsed: float, extra: dict) -> dict:
     return {**scores, "model": model, "dataset": args.dataset, "mode": splits["mode"], "seed": args.seed,
@@ -294,8 +337,10 @@ def _train_random_forest(args, t0: float) -> int:
         raise CLIError("RandomForest is available for --dataset victoria only (BreizhCrops' ragged series are too large to flatten)")
     if args.resume: raise CLIError("--resume does not apply to RandomForest (it trains in seconds)")
     hp = {"n_estimators": 500} | parse_hyperparameters(args.hyperparameter)
-    logdir = _check_writable(Path(args.logdir) if args.logdir else _default_logdir(args, "RandomForest"))
+    logdir = Path(args.logdir) if args.logdir else _default_logdir(args, "RandomForest")
+    _refuse_existing_run(logdir, args)
     splits = load_splits(args.dataset, args.root, args.mode, valid_fraction=args.valid_fraction, seed=args.seed)
+    _start_run(logdir, args)
     if splits["test"] is None: raise CLIError("RandomForest needs test data: use --mode evaluation")
     try: rf = RandomForestBaseline(seed=args.seed, **hp)
     except TypeError as e: raise CLIError(f"bad RandomForest hyperparameter: {e}") from None
@@ -304,11 +349,12 @@ def _train_random_forest(args, t0: float) -> int:
     pred = rf.predict(splits["test"])
     from cropkit.evaluate.metrics import classification_metrics
     scores = classification_metrics(pred.y_true.values, pred.y_pred.values, labels=len(rf.classes))
-    rf.save(logdir/"random_forest.pkl")
+    model_file = rf.save(logdir/"random_forest.skops")
     from cropkit.core import atomic_write
+    from cropkit.train.engine import file_sha256
     with atomic_write(logdir/"predictions.csv", "w") as f: pred.to_csv(f, index=False)
     res = _results(args, "RandomForest", splits, scores, time.perf_counter() - t0,
-                   dict(epochs=None, hparams=hp, checkpoint=str(logdir/"random_forest.pkl")))
+                   dict(epochs=None, hparams=hp, checkpoint=str(model_file), checkpoint_sha256=file_sha256(model_file)))
     _write_json(logdir/"results.json", res)
     print(f"RandomForest on {args.dataset} ({splits['mode']}), test: {format_scores(scores)}  "
           f"[{res['elapsed_seconds']:.1f} s] -> {logdir/'results.json'}")
@@ -322,20 +368,23 @@ def cmd_train(args) -> int:
     recipe = recipe_from_args(args)
     from cropkit.core import get_device
     device = get_device(args.device)
-    logdir = _check_writable(Path(args.logdir) if args.logdir else _default_logdir(args, recipe.model))
-    if args.resume and not (logdir/"last.pt").exists():
-        raise CLIError(f"--resume: no checkpoint {logdir/'last.pt'} to continue")
+    logdir = Path(args.logdir) if args.logdir else _default_logdir(args, recipe.model)
+    _refuse_existing_run(logdir, args)
     splits = load_splits(args.dataset, args.root, args.mode, args.year, args.level, args.preload_ram,
                          args.valid_fraction, args.seed)
     if args.select == "best" and splits["valid"] is None:
         raise CLIError(f"--select best needs validation data, and mode {splits['mode']!r} has none")
+    _start_run(logdir, args)
     from cropkit.train.recipes import train_recipe, evaluate_model
     _print(args, f"training {recipe.model} on {args.dataset} ({splits['mode']}: {len(splits['train'])} training series) "
                  f"for {recipe.epochs} epochs on {device}; logdir {logdir}")
     learner = train_recipe(recipe, splits["train"], splits["valid"], seed=args.seed, device=device, logdir=logdir,
-                           resume=args.resume, num_workers=args.workers,
+                           resume=args.resume, num_workers=args.workers, manifest=data_manifest(args, splits),
                            callbacks=[_epoch_printer(args, recipe.epochs)])
     if args.select == "best": learner.load_best()
+    from cropkit.train.engine import file_sha256, BEST_FILE, LAST_FILE
+    ck_file = logdir/(BEST_FILE if args.select == "best" else LAST_FILE)
+    rule = "the best validation epoch" if args.select == "best" else "the last epoch"
     test = splits["test"] if splits["test"] is not None else splits["valid"]
     preds = evaluate_model(learner.model, test, learner.normalization, device=device)
     scores = preds.metrics()
@@ -344,14 +393,15 @@ def cmd_train(args) -> int:
     which = "test" if splits["test"] is not None else "validation"
     res = _results(args, recipe.model, splits | {"test": test}, scores, time.perf_counter() - t0,
                    dict(evaluated_on=which, epochs=int(len(learner.history)), device=str(device),
-                        select=args.select, recipe=recipe.to_dict(),
-                        checkpoint=str(logdir/("best.pt" if args.select == "best" else "last.pt"))))
+                        select=args.select, recipe=recipe.to_dict(), checkpoint=str(ck_file),
+                        checkpoint_sha256=file_sha256(ck_file), threads=_threads(), predictions=str(logdir/"predictions.csv")))
     _write_json(logdir/"results.json", res)
-    print(f"{recipe.model} on {args.dataset} ({splits['mode']}), {which}: {format_scores(scores)}  "
-          f"[{res['elapsed_seconds']:.1f} s] -> {logdir/'results.json'}")
+    print(f"{recipe.model} on {args.dataset} ({splits['mode']}), {which} scores of {ck_file.name} ({rule}): "
+          f"{format_scores(scores)}  [{res['elapsed_seconds']:.1f} s]")
+    print(f"wrote {', '.join(sorted(p.name for p in logdir.iterdir() if not p.name.startswith('.')))} in {logdir}")
     return 0
 
-# %% ../nbs/60_cli.ipynb #f8d4fe80
+# %% ../nbs/60_cli.ipynb #ca776b7c
 def load_trained_model(path, device=None):
     "(model in eval mode, checkpoint dict) of a checkpoint written by `cropkit.train` or `save_model`."
     from cropkit.train.engine import load_checkpoint
@@ -388,12 +438,17 @@ def cmd_evaluate(args) -> int:
     path = Path(args.checkpoint)
     if not path.is_file(): raise CLIError(f"checkpoint not found: {path}")
     out = Path(args.output) if args.output else path.parent
+    mode = _check_mode(args.dataset, args.mode)
+    tag = f"{path.stem}-{args.dataset}-{mode}"                       # outputs are named after the checkpoint
+    outputs = [out/f"metrics-{tag}.json", out/f"predictions-{tag}.csv"]
+    if any(p.exists() for p in outputs) and not args.overwrite:
+        raise CLIError(f"{' and '.join(str(p) for p in outputs if p.exists())} already exist(s); pass --overwrite to replace "
+                       "them or --output another folder")
     _check_writable(out)
     splits = load_splits(args.dataset, args.root, args.mode, args.year, args.level, args.preload_ram,
                          args.valid_fraction, args.seed)
     data = splits["test"] if splits["test"] is not None else splits["valid"]
-    tag = f"{args.dataset}-{splits['mode']}"
-    if path.suffix == ".pkl":
+    if path.suffix in (".skops", ".pkl"):
         from cropkit.train.baselines import RandomForestBaseline
         rf = RandomForestBaseline.load(path)
         x = data[0][0]
@@ -412,8 +467,9 @@ def cmd_evaluate(args) -> int:
                                batch_size=args.batchsize or 256)
         scores = preds.metrics()
         preds.save(out/f"predictions-{tag}.csv", classes=getattr(data, "classes", None))
-    res = {**scores, "checkpoint": str(path), "dataset": args.dataset, "mode": splits["mode"], "size": len(data),
-           "elapsed_seconds": round(time.perf_counter() - t0, 3)}
+    from cropkit.train.engine import file_sha256
+    res = {**scores, "checkpoint": str(path), "checkpoint_sha256": file_sha256(path), "dataset": args.dataset,
+           "mode": splits["mode"], "size": len(data), "elapsed_seconds": round(time.perf_counter() - t0, 3)}
     _write_json(out/f"metrics-{tag}.json", res)
     print(f"{path} on {args.dataset} ({splits['mode']}, {len(data)} series): {format_scores(scores)} -> {out/f'metrics-{tag}.json'}")
     return 0

@@ -46,7 +46,7 @@ def bzh_root(tmp_path_factory):
 
 def test_train_victoria_writes_results(victoria_run):
     files = sorted(p.name for p in victoria_run.iterdir())
-    assert files == ["best.pt", "history.csv", "last.pt", "predictions.csv", "results.json"]
+    assert files == ["history.csv", "last.pt", "manifest.json", "predictions.csv", "results.json"]   # no validation data: no best.pt
     res = json.loads((victoria_run / "results.json").read_text())
     for key in ("accuracy", "kappa", "f1_macro", "f1_micro", "f1_weighted", "average_accuracy", "precision_macro",
                 "model", "dataset", "seed", "epochs", "elapsed_seconds", "recipe", "checkpoint"):
@@ -67,11 +67,16 @@ def test_train_victoria_writes_results(victoria_run):
 def test_evaluate_checkpoint_reproduces_test_scores(victoria_run, capsys, tmp_path):
     code, out, err = run(capsys, ["evaluate", victoria_run / "last.pt", "--output", tmp_path])
     assert code == 0, err
-    metrics = json.loads((tmp_path / "metrics-victoria-evaluation.json").read_text())
+    metrics = json.loads((tmp_path / "metrics-last-victoria-evaluation.json").read_text())
     res = json.loads((victoria_run / "results.json").read_text())
     assert metrics["accuracy"] == pytest.approx(res["accuracy"]) and metrics["kappa"] == pytest.approx(res["kappa"])
-    assert len(pd.read_csv(tmp_path / "predictions-victoria-evaluation.csv")) == 400
+    assert len(pd.read_csv(tmp_path / "predictions-last-victoria-evaluation.csv")) == 400
     assert "accuracy" in out
+    assert metrics["checkpoint_sha256"] == res["checkpoint_sha256"]               # the scores name the checkpoint they belong to
+    before = (tmp_path / "metrics-last-victoria-evaluation.json").read_bytes()
+    code, out, err = run(capsys, ["evaluate", victoria_run / "last.pt", "--output", tmp_path])   # never overwritten silently
+    assert_user_error(code, err, "metrics-last-victoria-evaluation.json", "--overwrite")
+    assert (tmp_path / "metrics-last-victoria-evaluation.json").read_bytes() == before
 
 
 def test_entry_point_subprocess(tmp_path):
@@ -81,7 +86,7 @@ def test_entry_point_subprocess(tmp_path):
     p = subprocess.run([exe, "train", "TempCNN", "--epochs", "1", "--logdir", str(logdir), *SMALL],
                        capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr
-    assert "TempCNN on victoria (evaluation), test: accuracy" in p.stdout
+    assert "TempCNN on victoria (evaluation), test scores of last.pt (the last epoch): accuracy" in p.stdout
     assert json.loads((logdir / "results.json").read_text())["epochs"] == 1
     bad = subprocess.run([exe, "train", "TempCNN", "--epochs", "many"], capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and "invalid int value: 'many'" in bad.stderr and "Traceback" not in bad.stderr
@@ -92,9 +97,9 @@ def test_random_forest(capsys, tmp_path):
     assert code == 0, err
     res = json.loads((tmp_path / "rf" / "results.json").read_text())
     assert res["model"] == "RandomForest" and res["hparams"]["n_estimators"] == 20 and res["accuracy"] > 0.85
-    code, out, err = run(capsys, ["evaluate", tmp_path / "rf" / "random_forest.pkl"])
+    code, out, err = run(capsys, ["evaluate", tmp_path / "rf" / "random_forest.skops"])
     assert code == 0, err
-    assert json.loads((tmp_path / "rf" / "metrics-victoria-evaluation.json").read_text())["accuracy"] == pytest.approx(res["accuracy"])
+    assert json.loads((tmp_path / "rf" / "metrics-random_forest-victoria-evaluation.json").read_text())["accuracy"] == pytest.approx(res["accuracy"])
 
 
 def test_resume_after_interrupt(capsys, tmp_path, monkeypatch):
@@ -132,7 +137,7 @@ def test_train_and_evaluate_breizhcrops(bzh_root, capsys, tmp_path):
     code, out, err = run(capsys, ["evaluate", logdir / "last.pt", "--dataset", "breizhcrops", "--root", bzh_root,
                                   "--mode", "unittest"])
     assert code == 0, err
-    assert (logdir / "metrics-breizhcrops-unittest.json").exists()
+    assert (logdir / "metrics-last-breizhcrops-unittest.json").exists()
     code, out, err = run(capsys, ["data", "summary", "--dataset", "breizhcrops", "--root", bzh_root, "--mode", "unittest"])
     assert code == 0 and "breizhcrops (unittest): train 34, test 34 series" in out and "permanent meadows" in out
 
@@ -163,7 +168,7 @@ def test_time_channel_round_trip(capsys, tmp_path):
     res = json.loads((logdir / "results.json").read_text())
     code, _, err = run(capsys, ["evaluate", logdir / "last.pt", "--output", tmp_path / "eval"])
     assert code == 0, err
-    again = json.loads((tmp_path / "eval" / "metrics-victoria-evaluation.json").read_text())
+    again = json.loads((tmp_path / "eval" / "metrics-last-victoria-evaluation.json").read_text())
     assert again["accuracy"] == pytest.approx(res["accuracy"])
     code, _, err = run(capsys, ["train", "TransformerEncoder", "--epochs", "1", "--no-time-channel", "-H", "d_model=8,n_layers=1",
                                 "--batchsize", "64", "-q", "--logdir", tmp_path / "untimed"])
@@ -235,7 +240,7 @@ def test_unwritable_logdir_fails_before_training(capsys, tmp_path):
 def test_corrupt_checkpoint(capsys, tmp_path):
     (tmp_path / "best.pt").write_bytes(b"garbage")
     code, _, err = run(capsys, ["evaluate", tmp_path / "best.pt"])
-    assert_user_error(code, err, "cannot read checkpoint")
+    assert_user_error(code, err, "best.pt is not a checkpoint")
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(capsys, tmp_path, monkeypatch):

@@ -178,7 +178,7 @@ def weights_hash(state_dict: dict) -> str:
         if not isinstance(value, torch.Tensor): continue
         t = value.detach().cpu().contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 def _describe_load_error(path: Path, err: Exception) -> str:
@@ -310,6 +310,7 @@ import lightning.pytorch as pl, logging
 for _name in ("lightning.pytorch", "lightning.fabric"): logging.getLogger(_name).setLevel(logging.WARNING)   # cropkit prints its own lines
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
 
 class NonFiniteLossError(FloatingPointError):
     "Training produced a NaN/inf loss or NaN/inf weights; the checkpoints keep the last good epoch."
