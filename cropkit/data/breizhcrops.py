@@ -20,81 +20,15 @@ from torch.utils.data import Dataset
 from ..core import atomic_write, data_path, require_file
 
 # %% auto #0
-__all__ = ['LEVELS', 'YEARS', 'REGIONS', 'COLUMNS', 'DEFAULT_BANDS', 'CLOUD_COLUMN', 'RAW_COLUMNS', 'RAW_LABEL_COLUMN',
-           'SEQUENCE_LENGTH', 'CROP_GROUPS_EN', 'SAMPLINGS', 'normalize_region', 'BreizhCropsPaths',
-           'breizhcrops_paths', 'read_classmapping', 'class_names', 'read_codes', 'read_index', 'Compose',
+__all__ = ['CROP_GROUPS_EN', 'SAMPLINGS', 'read_classmapping', 'class_names', 'read_codes', 'read_index', 'Compose',
            'SelectBands', 'Scale', 'ToTensor', 'RandomTimeSample', 'EvenTimeSample', 'day_of_year', 'WithDayOfYear',
            'default_transform', 'get_default_transform', 'ToLong', 'get_default_target_transform', 'read_raw_csv',
            'write_h5', 'compile_h5_from_csv', 'BreizhCrops']
 
-# %% ../../nbs/01_data.breizhcrops.ipynb #d8bdf98a
-LEVELS = ("L1C", "L2A")
-YEARS = (2017, 2018)
-REGIONS = ("frh01", "frh02", "frh03", "frh04", "belle-ile", "kermaux")
-
-COLUMNS: dict[str, list[str]] = {
-    "L1C": ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12",
-            "QA10", "QA20", "QA60", "doa"],
-    "L2A": ["doa", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12", "CLD", "EDG", "SAT"],
-}
-"Columns of every h5 dataset, per processing level."
-
-DEFAULT_BANDS: dict[str, list[str]] = {
-    "L1C": ["B1", "B10", "B11", "B12", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9"],
-    "L2A": ["B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12"],
-}
-"The spectral bands the paper's models see, in the paper's order (L1C: alphabetical as Earth Engine lists them)."
-
-CLOUD_COLUMN = {"L1C": "QA60", "L2A": "CLD"}
-"The column whose parcel mean the index reports as `meanCLD` (`meanQA60` in older index files)."
-
-RAW_COLUMNS: dict[str, list[str]] = {
-    "L1C": ["B1", "B10", "B11", "B12", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9",
-            "QA10", "QA20", "QA60", "doa", "label", "id"],
-    "L2A": ["doa", "id", "code_cultu", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12",
-            "CLD", "EDG", "SAT"],
-}
-"Columns of the raw per-parcel CSV files (after their unnamed first column), per level."
-
-RAW_LABEL_COLUMN = {"L1C": "label", "L2A": "code_cultu"}
-"The raw CSV column holding the parcel's crop code (`CODE_CULTU`)."
-
-SEQUENCE_LENGTH = 45
-"Time steps the paper's default transform draws from every series."
-
-# %% ../../nbs/01_data.breizhcrops.ipynb #70489a5a
-_REGION_ALIASES = {"belleile": "belle-ile", "belle_ile": "belle-ile", "belle-île": "belle-ile", "belleîle": "belle-ile"}
-
-def normalize_region(region: str) -> str:
-    "Lower-case `region` and map the alternative spellings of `belle-ile` to the official one."
-    if not isinstance(region, str) or not region.strip():
-        raise ValueError(f"region must be a non-empty string such as 'frh01', got {region!r}")
-    region = region.strip().lower()
-    return _REGION_ALIASES.get(region, region)
-
-@dataclass(frozen=True)
-class BreizhCropsPaths:
-    "The files of one region, year and level under a BreizhCrops `root`."
-    root: Path
-    region: str
-    year: int
-    level: str
-    @property
-    def codes(self) -> Path: return self.root/"codes.csv"
-    @property
-    def classmapping(self) -> Path: return self.root/"classmapping.csv"
-    @property
-    def shapefile(self) -> Path: return self.root/str(self.year)/f"{self.region}.shp"
-    @property
-    def index(self) -> Path: return self.root/str(self.year)/self.level/f"{self.region}.csv"
-    @property
-    def h5(self) -> Path: return self.root/str(self.year)/self.level/f"{self.region}.h5"
-    @property
-    def csvfolder(self) -> Path: return self.root/str(self.year)/self.level/self.region/"csv"
-
-def breizhcrops_paths(root: str | os.PathLike, region: str, year: int = 2017, level: str = "L1C") -> BreizhCropsPaths:
-    "The `BreizhCropsPaths` of `region` (any name; `belle-ile` spellings normalised), `year` and `level` under `root`."
-    return BreizhCropsPaths(Path(root), normalize_region(region), int(year), level)
+# %% ../../nbs/01_data.breizhcrops.ipynb #eee5d58b
+from .layout import (CLOUD_COLUMN, COLUMNS, DEFAULT_BANDS, LEVELS, RAW_COLUMNS, RAW_LABEL_COLUMN, REGIONS,
+                                 SEQUENCE_LENGTH, YEARS, BreizhCropsPaths, Drops, breizhcrops_paths, normalize_region,
+                                 official_size, own_data_files)
 
 # %% ../../nbs/01_data.breizhcrops.ipynb #e9bea22f
 def read_classmapping(path: str | os.PathLike) -> pd.DataFrame:
@@ -453,7 +387,7 @@ def _missing_file_hint(paths: BreizhCropsPaths, what: str) -> str:
                      "data, write this layout (compile_h5_from_csv) or a synthetic one (cropkit.data.synthetic.make_breizhcrops)")
     return "; ".join(hints)
 
-# %% ../../nbs/01_data.breizhcrops.ipynb #7c79cfa7
+# %% ../../nbs/01_data.breizhcrops.ipynb #c85ddfee
 class BreizhCrops(Dataset):
     "BreizhCrops parcel time series of one `region`, `year` and `level`: items `(X, y, field_id)`."
     def __init__(self, region: str, root: str | os.PathLike = "breizhcrops_dataset", year: int = 2017,
@@ -542,7 +476,6 @@ class BreizhCrops(Dataset):
             try: self._h5 = h5py.File(self.paths.h5, "r")
             except OSError as e:
                 size = self.paths.h5.stat().st_size if self.paths.h5.exists() else 0
-                from cropkit.data.download import official_size
                 expected = official_size("h5", self.year, self.level, self.region)
                 exp = f", the official file has {expected} bytes" if expected else ""
                 raise OSError(f"cannot read the h5 database {self.paths.h5} ({size} bytes{exp}): it is corrupt or "
