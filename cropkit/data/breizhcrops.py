@@ -87,7 +87,7 @@ def read_codes(path: str | os.PathLike) -> pd.DataFrame:
     df["group_en"] = df["group"].map(CROP_GROUPS_EN).fillna(df["group"])
     return df.set_index("code")
 
-# %% ../../nbs/01_data.breizhcrops.ipynb #3b6ffe99
+# %% ../../nbs/01_data.breizhcrops.ipynb #61031b16
 _INDEX_COLUMNS = ("id", "CODE_CULTU", "path", "sequencelength")
 
 def _rows(df: pd.DataFrame, mask, limit: int = 5) -> str:
@@ -111,12 +111,11 @@ def _read_index_csv(path: Path) -> pd.DataFrame:
         raise ValueError(f"BreizhCrops index {path} has a header but no rows: it lists no parcels; download it again "
                          "or regenerate it")
     with open(path, "rb") as f: f.seek(-1, os.SEEK_END); line_end = f.read(1) in (b"\n", b"\r")
-    if not line_end and df.iloc[-1].isna().any():
-        raise ValueError(f"BreizhCrops index {path} was cut off: its last line (row {len(df)}) is incomplete, and the "
-                         "parcels after it are missing; download or copy the file again")
     if not line_end:
-        warnings.warn(f"BreizhCrops index {path}: the last line (row {len(df)}) has no line end; if the file was cut "
-                      "off, parcels after it are missing: compare it with its source", stacklevel=3)
+        raise ValueError(f"BreizhCrops index {path} was cut off: its last line (row {len(df)}) has no line end"
+                         + (" and misses values" if df.iloc[-1].isna().any() else "") + ", so the parcels after it (and "
+                         "maybe the end of that row) are missing; download or copy the file again (if the file is "
+                         "complete, end its last line with a newline)")
     holes = df[list(_INDEX_COLUMNS)].isna()
     if holes.any().any():
         bad = holes.any(axis=1).to_numpy()
