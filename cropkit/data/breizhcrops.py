@@ -551,7 +551,7 @@ def _missing_file_hint(paths: BreizhCropsPaths, what: str) -> str:
                      "data, write this layout (compile_h5_from_csv) or a synthetic one (cropkit.data.synthetic.make_breizhcrops)")
     return "; ".join(hints)
 
-# %% ../../nbs/01_data.breizhcrops.ipynb #b8e14c0a
+# %% ../../nbs/01_data.breizhcrops.ipynb #82c84582
 class BreizhCrops(Dataset):
     "BreizhCrops parcel time series of one `region`, `year` and `level`: items `(X, y, field_id)`."
     def __init__(self, region: str, root: str | os.PathLike = "breizhcrops_dataset", year: int = 2017,
@@ -674,7 +674,7 @@ class BreizhCrops(Dataset):
 
     def _preload(self):
         from cropkit.data.packed import PackedSeries
-        packed = PackedSeries.from_h5(self.paths.h5, columns=COLUMNS[self.level])
+        packed = PackedSeries.from_h5(self.paths.h5, columns=COLUMNS[self.level], allow_nan=True)  # checked below, per parcel
         try: packed = packed.subset(packed.position(self._keys))
         except KeyError as e:
             raise KeyError(f"{e.args[0]} — a key of the index {self.paths.index} is missing from the h5 database "
@@ -823,7 +823,7 @@ class BreizhCrops(Dataset):
         from cropkit.data.packed import PackedParcels, PackedSeries
         packed = self.packed
         if packed is None:
-            full = PackedSeries.from_h5(self.paths.h5, columns=COLUMNS[self.level], cache_dir=cache_dir)
+            full = PackedSeries.from_h5(self.paths.h5, columns=COLUMNS[self.level], cache_dir=cache_dir, allow_nan=True)
             try: packed = full.subset(full.position(self._keys))
             except KeyError as e:
                 raise KeyError(f"{e.args[0]} — a key of the index {self.paths.index} is missing from {self.paths.h5}") from None
