@@ -220,7 +220,7 @@ def make_sample(size: int, rng: np.random.Generator, tables: SpectralTables, tax
     return {"S2": np.clip(s2, 0, 32767, out=s2).astype(np.int16), "EnMAP": np.clip(enmap, 0, 32767).astype(np.int16),
             "label": taxonomy.expand(label4), "priors": taxonomy.expand(prior4)}
 
-# %% ../../nbs/08_data.h2crop_synthetic.ipynb #af59bb6a
+# %% ../../nbs/08_data.h2crop_synthetic.ipynb #d74ede74
 _SPLITS = ("train", "val", "test")
 
 def _check_count(name: str, n) -> int:
@@ -237,10 +237,20 @@ def write_sample(path: str | os.PathLike, sample: dict[str, np.ndarray], key_sty
             h5.create_dataset(H5_KEYS[kind][0 if key_style == "h2crop" else -1], data=arr)
     return path
 
+def _list_dir(root: Path) -> Path:
+    "The split-list folder of `root`: an existing 'data_lists' or legacy 'data_list', else a new 'data_lists'."
+    return next((root/n for n in ("data_lists", "data_list") if (root/n).is_dir()), root/"data_lists")
+
+def _listed(path: Path) -> list[str]:
+    "Names listed in a split file (blank lines and a trailing '.h5' ignored); [] when it does not exist."
+    if not path.exists(): return []
+    names = [n.strip() for n in path.read_text().splitlines() if n.strip()]
+    return [n[:-3] if n.endswith(".h5") else n for n in names]
+
 def make_h2crop(root: str | os.PathLike, n_train: int = 8, n_val: int = 2, n_test: int = 2, size: int = 192,
                 seed: int = 0, enmap: str = "real", prior_change: float = 0.1, key_style: str = "h2crop",
-                taxonomy: Taxonomy | None = None) -> Path:
-    "Write a synthetic H2Crop root (h5_data/, data_lists/) with seeded, taxonomy-consistent tiles; return its path."
+                taxonomy: Taxonomy | None = None, overwrite: bool = False) -> Path:
+    "Write a synthetic H2Crop root (h5_data/, data_lists/) with seeded, taxonomy-consistent tiles; existing ones only with `overwrite`."
     counts = {s: _check_count(f"n_{s}", n) for s, n in zip(_SPLITS, (n_train, n_val, n_test))}
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < ENMAP_SCALE or size % ENMAP_SCALE:
         raise ValueError(f"size must be a positive multiple of {ENMAP_SCALE} (EnMAP is size/{ENMAP_SCALE}), got {size!r}")
@@ -250,13 +260,22 @@ def make_h2crop(root: str | os.PathLike, n_train: int = 8, n_val: int = 2, n_tes
     if key_style not in ("h2crop", "readme"): raise ValueError(f"key_style must be 'h2crop' or 'readme', got {key_style!r}")
     _check_count("seed", seed)
     root, taxonomy = Path(root), taxonomy or default_taxonomy()
+    lists, names = _list_dir(root), {s: [f"{s}_{i:05d}" for i in range(counts[s])] for s in _SPLITS}
+    present = [p for p in [root / "synthetic.json"] + [lists / f"{s}.txt" for s in _SPLITS]
+               + [root / "h5_data" / f"{n}.h5" for s in _SPLITS for n in names[s]] if p.exists()]
+    if present and not overwrite:
+        raise FileExistsError(f"{root} already holds H2Crop data that make_h2crop would replace: "
+                              f"{[str(p) for p in present[:5]]}" + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+                              + "; pass overwrite=True to regenerate the tiles (split lists keep every name they list), "
+                              "or choose another root")
     tables = SpectralTables(taxonomy, enmap)
     for split_idx, split in enumerate(_SPLITS):
-        names = [f"{split}_{i:05d}" for i in range(counts[split])]
-        for i, name in enumerate(names):
+        for i, name in enumerate(names[split]):
             rng = np.random.default_rng([seed, split_idx, i])
             write_sample(root / "h5_data" / f"{name}.h5", make_sample(size, rng, tables, taxonomy, prior_change), key_style)
-        with atomic_write(root / "data_lists" / f"{split}.txt", "w") as f: f.write("".join(n + "\n" for n in names))
+        old = _listed(lists / f"{split}.txt")                 # never drop a listed tile: keep the old names, add the new
+        merged = old + [n for n in names[split] if n not in set(old)]
+        with atomic_write(lists / f"{split}.txt", "w") as f: f.write("".join(n + "\n" for n in merged))
     meta = dict(generator="cropkit.data.h2crop_synthetic.make_h2crop", seed=seed, size=size, enmap=enmap,
                 prior_change=prior_change, key_style=key_style, counts=counts)
     with atomic_write(root / "synthetic.json", "w") as f: json.dump(meta, f, indent=1)

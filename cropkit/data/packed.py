@@ -67,7 +67,7 @@ def _subset_without_replacement(lengths: np.ndarray, n_steps: int, rng: np.rando
         return np.sort(np.argpartition(keys, n_steps - 1, axis=1)[:, :n_steps], axis=1)
     return (np.flatnonzero(chosen) % width).reshape(len(lengths), n_steps)   # row-major: already sorted
 
-# %% ../../nbs/03_data.packed.ipynb #3e3ac8c4
+# %% ../../nbs/03_data.packed.ipynb #9a6c4584
 DATE_COLUMN = "doa"
 
 def list_h5_series(h5_path: str | os.PathLike) -> list[str]:
@@ -83,7 +83,12 @@ def _read_h5_series(h5_path: Path, keys: list[str], n_columns: int, columns: lis
         datasets = []
         for k in keys:
             ds = f.get(k)
-            if not isinstance(ds, h5py.Dataset): raise KeyError(f"series {k!r} is not a dataset in {h5_path}")
+            if isinstance(ds, h5py.Group):
+                raise ValueError(f"series {k!r} in {h5_path} names an h5 group of {len(ds)} members, not a dataset: each "
+                                 "key must name one series (such as 'csv/frh01/1000.csv')")
+            if not isinstance(ds, h5py.Dataset):
+                raise KeyError(f"series {k!r} is not a dataset in {h5_path}: there is no such key; check the keys "
+                               "(the index's paths) against the file")
             if ds.ndim != 2 or ds.shape[1] != n_columns:
                 raise ValueError(f"series {k!r} in {h5_path} has shape {ds.shape}; expected (T, {n_columns}) for the columns {columns}")
             datasets.append(ds)
@@ -101,10 +106,13 @@ def pack_h5(h5_path: str | os.PathLike, keys: Sequence[str] | None, columns: Seq
     date_col = columns.index(DATE_COLUMN) if DATE_COLUMN in columns else None
     value_cols = [i for i in range(len(columns)) if i != date_col]
     values = raw[:, value_cols].astype(np.float32)
-    if not allow_nan and np.isnan(values).any():
-        row = int(np.argwhere(np.isnan(values))[0, 0])
+    finite = np.isfinite(values).all(axis=1)
+    if not allow_nan and not finite.all():
+        row = int(np.argmin(finite))
         bad = keys[int(np.searchsorted(offsets, row, side="right") - 1)]
-        raise ValueError(f"series {bad!r} in {h5_path} contains NaN (pass allow_nan=True to keep it)")
+        what = "NaN" if np.isnan(values[row]).any() else "infinite values"
+        raise ValueError(f"series {bad!r} in {h5_path} contains {what} in row {row - int(offsets[keys.index(bad)])} "
+                         "(pass allow_nan=True to keep non-finite values)")
     return {"values": values, "offsets": offsets, "keys": np.asarray(keys, dtype=str),
             "columns": [columns[i] for i in value_cols],
             "dates": raw[:, date_col].astype(np.int64) if date_col is not None else None}

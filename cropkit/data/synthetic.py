@@ -350,7 +350,7 @@ def write_shapefile(path: str | os.PathLike, table: pd.DataFrame, year: int = 20
         shutil.rmtree(tmp, ignore_errors=True)
     return path
 
-# %% ../../nbs/02_data.synthetic.ipynb #337c4b30
+# %% ../../nbs/02_data.synthetic.ipynb #935e2582
 def index_frame(table: pd.DataFrame, series: list[np.ndarray], level: str, region: str) -> pd.DataFrame:
     "The BreizhCrops index of `table`'s parcels: idx, id, CODE_CULTU, path, meanCLD, sequencelength, classid, classname, region."
     cld = COLUMNS[level].index(CLOUD_COLUMN[level])
@@ -361,19 +361,34 @@ def index_frame(table: pd.DataFrame, series: list[np.ndarray], level: str, regio
                          "classid": table["classid"].to_numpy(), "classname": table["classname"].to_numpy(),
                          "region": region})
 
+def _existing_region_files(paths, raw_csv: bool, shapefile: bool) -> list[Path]:
+    "The files of a region that a generator would replace (index, h5, and the raw CSVs / shapefile when asked)."
+    files = [paths.index, paths.h5]
+    if raw_csv: files.append(paths.csvfolder)
+    if shapefile: files.append(paths.shapefile)
+    return [f for f in files if f.exists() and not (f.is_dir() and not any(f.iterdir()))]
+
 def make_breizhcrops(root: str | os.PathLike, regions: str | tuple[str, ...] = ("frh01",), year: int = 2017,
                      level: str = "L1C", n_parcels: int = 200, min_length: int = 70, max_length: int = 150,
-                     seed: int = 0, raw_csv: bool = False, shapefile: bool = False) -> Path:
-    "Write a complete synthetic BreizhCrops layout for `regions` under `root`; return `root`."
+                     seed: int = 0, raw_csv: bool = False, shapefile: bool = False, overwrite: bool = False) -> Path:
+    "Write a complete synthetic BreizhCrops layout for `regions` under `root` (existing regions only with `overwrite`); return `root`."
     if level not in COLUMNS: raise ValueError(f"unknown level {level!r}; BreizhCrops levels are {list(COLUMNS)}")
     regions = (regions,) if isinstance(regions, str) else tuple(regions)
     if not regions: raise ValueError("regions is empty; pass at least one region name such as 'frh01'")
     _check_args(n_parcels, min_length, max_length, _days_in_year(year))
     root = Path(root)
-    for name in ("classmapping.csv", "codes.csv"):
-        with atomic_write(root/name) as f: f.write(data_path("breizhcrops", name).read_bytes())
-    for region in regions:
-        paths = breizhcrops_paths(root, region, year, level)
+    all_paths = [breizhcrops_paths(root, region, year, level) for region in regions]
+    if not overwrite:
+        for paths in all_paths:
+            found = _existing_region_files(paths, raw_csv, shapefile)
+            if found:
+                raise FileExistsError(f"region {paths.region!r} ({paths.year}, {level}) already exists under {root}: "
+                                      f"{[str(f) for f in found]}; make_breizhcrops never replaces data behind your back: "
+                                      "pass overwrite=True to regenerate it, or choose another root or region name")
+    for name in ("classmapping.csv", "codes.csv"):        # a mapping or code list already in the root is the user's
+        if not (root/name).exists():
+            with atomic_write(root/name) as f: f.write(data_path("breizhcrops", name).read_bytes())
+    for paths in all_paths:
         table = parcel_table(paths.region, n_parcels, year, min_length, max_length, seed)
         series = simulate_series(table, year, level, seed, region=paths.region)
         write_h5(paths.h5, table["path"].tolist(), series)
