@@ -12,8 +12,8 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['DATASETS', 'VICTORIA_MODES', 'BASELINES', 'USER_ERRORS', 'COMMANDS', 'CLIError', 'parse_value',
            'parse_hyperparameters', 'build_parser', 'load_splits', 'resolve_model_name', 'recipe_from_args',
-           'format_scores', 'data_manifest', 'cmd_train', 'load_trained_model', 'cmd_evaluate', 'cmd_tune',
-           'summary_table', 'cmd_data', 'cmd_recipes', 'cmd_h2crop', 'main']
+           'format_scores', 'data_report', 'split_line', 'data_manifest', 'cmd_train', 'load_trained_model',
+           'cmd_evaluate', 'cmd_tune', 'summary_table', 'cmd_data', 'cmd_recipes', 'cmd_h2crop', 'main']
 
 # %% ../nbs/60_cli.ipynb #d1445f1a
 class CLIError(Exception):
@@ -272,7 +272,7 @@ def format_scores(scores: dict, keys=("accuracy", "kappa", "f1_macro", "f1_weigh
     "'accuracy 0.9650  kappa 0.9600 ...' for the `keys` present in `scores`."
     return "  ".join(f"{k} {scores[k]:.4f}" for k in keys if k in scores)
 
-# %% ../nbs/60_cli.ipynb #5eeebf40
+# %% ../nbs/60_cli.ipynb #17976f2f
 def _epoch_printer(args, epochs: int):
     def callback(learner, row):
         parts = [f"epoch {row['epoch']:>3}/{epochs}", f"train_loss {row['train_loss']:.4f}"]
@@ -302,18 +302,45 @@ def _start_run(logdir: Path, args) -> Path:
     try: return prepare_run_dir(logdir, resume=args.resume, overwrite=args.overwrite)
     except OSError as e: raise CLIError(f"cannot write to logdir {logdir}: {_one_line(e)}") from None
 
+def _parts(ds) -> list:
+    "The datasets a split is made of (one per region for BreizhCrops folds), through wrappers and subsets."
+    from cropkit.train.parcel import _base_datasets
+    parts = []
+    for b in _base_datasets(ds):
+        inner = getattr(b, "ds", None)
+        parts += _parts(inner) if inner is not None and inner is not b else [b]
+    return parts
+
+def data_report(splits: dict) -> dict:
+    "Per split: its size and, per part (region), what the loader dropped and from which files (`provenance`)."
+    out = {}
+    for name in ("train", "valid", "test"):
+        ds = splits.get(name)
+        if ds is None: continue
+        parts = _parts(ds)
+        out[name] = {"size": len(ds), "parts": [getattr(p, "provenance", None) or
+                                                {"drops": (p.drops.to_dict() if getattr(p, "drops", None) is not None else None)}
+                                                for p in parts]}
+    return out
+
+def split_line(splits: dict) -> str:
+    "'train N, valid M, test K parcels (dropped: ...)' over all parts of each split."
+    from cropkit.data.layout import Drops
+    sizes = ", ".join(f"{k} {len(splits[k])}" for k in ("train", "valid", "test") if splits.get(k) is not None)
+    dropped = []
+    for k in ("train", "valid", "test"):
+        if splits.get(k) is None: continue
+        for p in _parts(splits[k]):
+            d = getattr(p, "drops", None)
+            if d: dropped.append(f"{k}{' ' + p.region if hasattr(p, 'region') else ''}: {d.summary()}")
+    return f"{sizes} series (dropped: {'; '.join(dropped) if dropped else 'none'})"
+
 def data_manifest(args, splits: dict) -> dict:
-    "What a run was trained on: dataset, root, mode, sizes, classes and the class mapping file with its sha256."
-    from cropkit.train.engine import file_sha256
+    "What a run was trained on: dataset, root, mode, sizes, classes, and per part its files and class mapping (with sha256)."
     first = splits["train"]
     out = {"dataset": args.dataset, "root": str(Path(args.root).resolve()) if args.root else None, "mode": splits["mode"],
-           "sizes": {k: (None if splits[k] is None else len(splits[k])) for k in ("train", "valid", "test")},
-           "classes": [str(c) for c in (getattr(first, "classes", None) or [])]}
-    if args.dataset == "breizhcrops":
-        root = Path(args.root) if args.root else Path("breizhcrops_dataset")
-        mapping = root/"classmapping.csv"
-        out |= {"year": args.year, "level": args.level,
-                "classmapping": {"path": str(mapping.resolve()), "sha256": file_sha256(mapping) if mapping.exists() else None}}
+           "classes": [str(c) for c in (getattr(first, "classes", None) or [])], "splits": data_report(splits)}
+    if args.dataset == "breizhcrops": out |= {"year": args.year, "level": args.level}
     return out
 
 def _check_writable(logdir: Path) -> Path:
@@ -354,7 +381,8 @@ def _train_random_forest(args, t0: float) -> int:
     from cropkit.train.engine import file_sha256
     with atomic_write(logdir/"predictions.csv", "w") as f: pred.to_csv(f, index=False)
     res = _results(args, "RandomForest", splits, scores, time.perf_counter() - t0,
-                   dict(epochs=None, hparams=hp, checkpoint=str(model_file), checkpoint_sha256=file_sha256(model_file)))
+                   dict(epochs=None, hparams=hp, checkpoint=str(model_file), checkpoint_sha256=file_sha256(model_file),
+                        data=data_report(splits)))
     _write_json(logdir/"results.json", res)
     print(f"RandomForest on {args.dataset} ({splits['mode']}), test: {format_scores(scores)}  "
           f"[{res['elapsed_seconds']:.1f} s] -> {logdir/'results.json'}")
@@ -376,8 +404,8 @@ def cmd_train(args) -> int:
         raise CLIError(f"--select best needs validation data, and mode {splits['mode']!r} has none")
     _start_run(logdir, args)
     from cropkit.train.recipes import train_recipe, evaluate_model
-    _print(args, f"training {recipe.model} on {args.dataset} ({splits['mode']}: {len(splits['train'])} training series) "
-                 f"for {recipe.epochs} epochs on {device}; logdir {logdir}")
+    _print(args, f"{args.dataset} ({splits['mode']}): {split_line(splits)}")
+    _print(args, f"training {recipe.model} for {recipe.epochs} epochs on {device}; logdir {logdir}")
     learner = train_recipe(recipe, splits["train"], splits["valid"], seed=args.seed, device=device, logdir=logdir,
                            resume=args.resume, num_workers=args.workers, manifest=data_manifest(args, splits),
                            callbacks=[_epoch_printer(args, recipe.epochs)])
@@ -394,7 +422,8 @@ def cmd_train(args) -> int:
     res = _results(args, recipe.model, splits | {"test": test}, scores, time.perf_counter() - t0,
                    dict(evaluated_on=which, epochs=int(len(learner.history)), device=str(device),
                         select=args.select, recipe=recipe.to_dict(), checkpoint=str(ck_file),
-                        checkpoint_sha256=file_sha256(ck_file), threads=_threads(), predictions=str(logdir/"predictions.csv")))
+                        checkpoint_sha256=file_sha256(ck_file), threads=_threads(), predictions=str(logdir/"predictions.csv"),
+                        data=data_report(splits | {"test": test})))
     _write_json(logdir/"results.json", res)
     print(f"{recipe.model} on {args.dataset} ({splits['mode']}), {which} scores of {ck_file.name} ({rule}): "
           f"{format_scores(scores)}  [{res['elapsed_seconds']:.1f} s]")

@@ -262,3 +262,44 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(capsys, tmp_path, monkeyp
     assert load_checkpoint(logdir / "last.pt")["training_state"]["epoch"] == 1
     assert pd.read_csv(logdir / "history.csv")["epoch"].tolist() == [1]
     assert not (logdir / "results.json").exists()
+
+
+def test_breizhcrops_run_reports_drops_and_mapping(capsys, tmp_path):
+    "Parcels dropped by the loader are said on the console and stored in results.json and the manifest, with the mapping's hash."
+    from cropkit.data.synthetic import make_breizhcrops
+    root = make_breizhcrops(tmp_path / "bzh", regions=("belle-ile",), n_parcels=30, seed=3)
+    index = root / "2017" / "L1C" / "belle-ile.csv"
+    from cropkit.data.breizhcrops import BreizhCrops
+    known = len(BreizhCrops("belle-ile", root=root, load_timeseries=False))
+    df = pd.read_csv(index)
+    lowered = df.index[df.CODE_CULTU.isin(BreizhCrops("belle-ile", root=root, load_timeseries=False).index.CODE_CULTU)][:5]
+    df.loc[lowered, "CODE_CULTU"] = df.loc[lowered, "CODE_CULTU"].str.lower()   # 5 known parcels with a lower-cased code
+    df.to_csv(index, index=False)
+    logdir = tmp_path / "run"
+    code, out, err = run(capsys, ["train", "TempCNN", "--dataset", "breizhcrops", "--root", root, "--mode", "unittest",
+                                  "--epochs", "1", "--logdir", logdir, "-H", "hidden_dims=8"])
+    assert code == 0, err
+    assert f"train {known - 5}, test {known - 5} series (dropped: train belle-ile: {len(df) - known + 5} unknown code" in out
+    res = json.loads((logdir / "results.json").read_text())
+    part = res["data"]["train"]["parts"][0]
+    assert part["drops"]["counts"] == {"unknown_code": len(df) - known + 5} and len(part["classmapping_sha256"]) == 64
+    manifest = json.loads((logdir / "manifest.json").read_text())
+    assert manifest["data"]["splits"]["train"]["parts"][0]["classmapping_sha256"] == part["classmapping_sha256"]
+    assert {"versions", "threads", "device", "seed"} <= set(manifest)
+
+
+def test_resume_with_another_mode_is_refused_naming_it(capsys, tmp_path):
+    "Issue 15's first reproduction: --resume under another fold must not train on that fold's test region."
+    from cropkit.data.synthetic import make_breizhcrops
+    root = make_breizhcrops(tmp_path / "bzh", regions=("frh01", "frh02", "frh03", "frh04"), n_parcels=12, seed=2)
+    logdir = tmp_path / "run"
+    base = ["train", "TempCNN", "--dataset", "breizhcrops", "--root", root, "-H", "hidden_dims=8", "--logdir", logdir, "-q"]
+    code, _, err = run(capsys, base + ["--mode", "evaluation1", "--epochs", "1"])
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in logdir.iterdir()}
+    code, _, err = run(capsys, base + ["--mode", "evaluation2", "--epochs", "2", "--resume"])
+    assert code == 2 and "belongs to another run" in err and "mode: 'evaluation1' in the checkpoint, 'evaluation2' now" in err, err
+    assert {p.name: p.read_bytes() for p in logdir.iterdir()} == before
+    code, _, err = run(capsys, base + ["--mode", "evaluation1", "--epochs", "1"])       # a second run into a finished logdir
+    assert_user_error(code, err, "already holds a run", "--overwrite")
+    assert {p.name: p.read_bytes() for p in logdir.iterdir()} == before
