@@ -1,0 +1,101 @@
+"""Time to reference accuracy on Victoria: wall-clock training time until the test accuracy first reaches the
+reference figure (0.958 for TempCNN, `data/README.md`), for cropkit's recipe on its Lightning engine and for the
+reference protocol (the `breizhcrops` package's TempCNN, reflectance x 1e-4, Adam 1e-3, batch 32), measured in the
+same run, same process, same thread count, seeds 0-2. Test accuracy is computed after every epoch; the time spent
+computing it is not counted for either side. Prints each run and the ratio of the mean times (cropkit / reference):
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_time_to_accuracy.py --seeds 0 1 2
+
+A run that never reaches the target within its epochs counts with its whole training time and is marked "not reached".
+"""
+from __future__ import annotations
+import argparse, dataclasses, sys, time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_training import import_reference, reference_model          # noqa: E402  (same folder)
+
+TARGET = 0.958
+
+
+def reference_run(bc, train, test, seed: int, epochs: int = 60, target: float = TARGET) -> dict:
+    "The reference protocol; seconds of training until the test accuracy first reaches `target`."
+    torch.manual_seed(seed); np.random.seed(seed)
+    x, y = torch.as_tensor(train.X, dtype=torch.float32), torch.as_tensor(train.y, dtype=torch.long)
+    xt, yt = torch.as_tensor(test.X, dtype=torch.float32), np.asarray(test.y)
+    model = reference_model(bc, "TempCNN", x.shape[2], len(train.classes), x.shape[1], torch.device("cpu"),
+                            kernel_size=5, hidden_dims=64, dropout=0.5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(seed)
+    clock, reached = 0.0, None
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        for batch in torch.randperm(len(x), generator=generator).split(32):
+            optimizer.zero_grad()
+            F.nll_loss(model(x[batch]), y[batch]).backward()
+            optimizer.step()
+        clock += time.perf_counter() - t0
+        model.eval()
+        with torch.no_grad(): acc = float((model(xt).argmax(1).numpy() == yt).mean())
+        if acc >= target: reached = epoch; break
+    return {"side": "reference", "seed": seed, "epoch": reached, "seconds": clock, "accuracy": acc}
+
+
+def cropkit_run(recipe, train, test, seed: int, target: float = TARGET) -> dict:
+    "cropkit's `train_recipe` on the engine; seconds of training until the test accuracy first reaches `target`."
+    from cropkit.train.recipes import evaluate_model
+    from cropkit.train.engine import Learner
+    state = {"eval": 0.0, "reached": None, "acc": None}
+
+    class Reached(Exception): pass
+
+    def on_epoch(learner: Learner, row):
+        t0 = time.perf_counter()
+        acc = evaluate_model(learner.model, test, learner.task.info["normalization"], device="cpu").metrics()["accuracy"]
+        state["eval"] += time.perf_counter() - t0
+        state["acc"] = acc
+        if acc >= target: state["reached"] = row["epoch"]; raise Reached
+
+    from cropkit.train.recipes import train_recipe
+    t0 = time.perf_counter()
+    try: train_recipe(recipe, train, None, seed=seed, device="cpu", callbacks=[on_epoch])
+    except Reached: pass
+    seconds = time.perf_counter() - t0 - state["eval"]
+    return {"side": "cropkit", "seed": seed, "epoch": state["reached"], "seconds": seconds, "accuracy": state["acc"]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=None, help="cropkit recipe epochs (default: the recipe's)")
+    p.add_argument("--batch-size", type=int, default=None, help="cropkit recipe batch size (default: the recipe's)")
+    p.add_argument("--lr", type=float, default=None, help="cropkit recipe peak learning rate (default: the recipe's)")
+    a = p.parse_args(argv)
+    from cropkit.data.victoria import victoria
+    from cropkit.train.recipes import get_recipe
+    bc, _ = import_reference()
+    train, test = victoria()
+    changes = {k: v for k, v in dict(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr).items() if v is not None}
+    recipe = dataclasses.replace(get_recipe("victoria", "TempCNN"), **changes)
+    print(f"target test accuracy {TARGET}; cropkit recipe: epochs {recipe.epochs}, batch {recipe.batch_size}, lr {recipe.lr}, "
+          f"{recipe.scheduler}; threads {torch.get_num_threads()}")
+    rows = []
+    for seed in a.seeds:
+        for run in (lambda: reference_run(bc, train, test, seed), lambda: cropkit_run(recipe, train, test, seed)):
+            r = run(); rows.append(r)
+            print(f"{r['side']:>9} seed {seed}: {'epoch ' + str(r['epoch']) if r['epoch'] else 'not reached'}, "
+                  f"{r['seconds']:.1f} s of training, test accuracy {r['accuracy']:.4f}", flush=True)
+    mean = {s: float(np.mean([r["seconds"] for r in rows if r["side"] == s])) for s in ("reference", "cropkit")}
+    missed = sum(r["epoch"] is None for r in rows if r["side"] == "cropkit")
+    print(f"mean time to {TARGET}: reference {mean['reference']:.1f} s, cropkit {mean['cropkit']:.1f} s; "
+          f"ratio cropkit/reference {mean['cropkit'] / mean['reference']:.2f}" + (f" ({missed} cropkit run(s) did not reach it)" if missed else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
