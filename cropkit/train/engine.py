@@ -173,7 +173,7 @@ def weights_hash(state_dict: dict) -> str:
         if not isinstance(value, torch.Tensor): continue
         t = value.detach().cpu().contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")   # reshape: 0-dim buffers (num_batches_tracked)
     return h.hexdigest()
 
 def _describe_load_error(path: Path, err: Exception) -> str:
