@@ -54,6 +54,10 @@ def test_tiny_trains_and_tests_end_to_end(root96, tmp_path):
     again = json.loads((tmp_path / "eval" / "test_metrics.json").read_text())
     assert again["all"]["level4"]["aAcc"] == metrics["all"]["level4"]["aAcc"]
     assert again["selection_score"] == pytest.approx(metrics["selection_score"])
+    # the trainer's best.pt refuses a model of another configuration, in one line naming both
+    code = main(["test", "tiny", "--root", str(root96), "--checkpoint", str(work / "best.pt"), "--set", "drop_path=0.1",
+                 "--work-dir", str(tmp_path / "eval2"), "--device", "cpu", "--quiet"])
+    assert code == 2 and not (tmp_path / "eval2" / "test_metrics.json").exists()
 
 
 class Interrupted(Exception):
@@ -80,9 +84,9 @@ def test_resume_gives_the_uninterrupted_run(root48, tmp_path):
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
     assert pd.read_csv(tmp_path / "cut" / "history.csv")["epoch"].tolist() == [1, 2]
-    with pytest.raises(ValueError, match="settings that shape the schedule differ"):
+    with pytest.raises(ValueError, match=r"belongs to another run:\n  data\.recipe\.epochs: 2 in the checkpoint, 3 now"):
         _trainer(root48, tmp_path / "cut", epochs=3).fit(resume=True)
-    with pytest.raises(ValueError, match="no training state to resume from"):
+    with pytest.raises(ValueError, match="holds no resumable training state"):
         _trainer(root48, tmp_path / "x").fit(resume=tmp_path / "full" / "best.pt")
 
 
@@ -157,7 +161,7 @@ def test_checkpoint_of_another_configuration_is_refused(root48, tmp_path, capsys
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     code, err = _err(capsys, ["test", "tiny", "--root", str(root48), "--checkpoint", str(tmp_path / "junk.pt"), "--quiet",
                               *SMALL_ARGS])
-    assert code == 2 and "junk.pt" in err and "not a PyTorch file" in err
+    assert code == 2 and "junk.pt" in err and "is not a checkpoint" in err
 
 
 def test_configs_lists_the_published_names(capsys):

@@ -373,7 +373,8 @@ class Task(pl.LightningModule):
         checkpoint.update(format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, **_jsonable_tensors(self.description()))
         run = getattr(self, "run_info", None) or {}
         checkpoint["manifest"] = _jsonable(run.get("manifest") or {})
-        checkpoint["training_state"] = _jsonable_tensors(run.get("summary") or {})
+        # Lightning calls this hook after the callbacks' (RunFiles): keep their training state (history, rng, epochs)
+        checkpoint["training_state"] = _jsonable_tensors(run.get("summary") or {}) | checkpoint.get("training_state", {})
 
 def _jsonable_tensors(obj):
     "Like `_jsonable` but keeps tensors (checkpoint entries)."
