@@ -620,6 +620,8 @@ class Learner:
                 f"trained, device={self.device}, logdir={self.logdir}, {self.config})")
 
 # %% ../../nbs/20_train.engine.ipynb #3aaa95c4
+from lightning.pytorch.utilities import rank_zero_only
+
 def _check_resume(self: Learner, path: Path, epochs: int) -> dict:
     "Read the checkpoint to resume and refuse it, naming every difference, if it belongs to another run."
     ck = read_checkpoint(path)
@@ -668,7 +670,9 @@ def _learner_fit(self: Learner, epochs: int, resume: bool | str | os.PathLike = 
     if resume:
         if resume is True and self.logdir is None: raise ValueError("resume=True needs a logdir (or pass the checkpoint path)")
         ckpt_path = require_file(self.logdir/LAST_FILE if resume is True else Path(resume), "checkpoint to resume from")
-    if self.logdir is not None: prepare_run_dir(self.logdir, resume=bool(resume) and resume is True, overwrite=self.overwrite)
+    first = rank_zero_only.rank == 0     # under torchrun/SLURM every process runs fit: only rank 0 checks and writes the folder
+    if self.logdir is not None and first:
+        prepare_run_dir(self.logdir, resume=bool(resume) and resume is True, overwrite=self.overwrite)
     self.run.rows, self.best_state, self.stopped_early = [], None, False
     if ckpt_path is not None:
         ck = _check_resume(self, ckpt_path, epochs)
@@ -676,7 +680,7 @@ def _learner_fit(self: Learner, epochs: int, resume: bool | str | os.PathLike = 
         if state.get("stopped_early") or state.get("epoch", 0) >= epochs:
             self.run.rows, self.stopped_early = [dict(r) for r in state["history"]], bool(state.get("stopped_early"))
             return self.history
-    elif self.logdir is not None:
+    elif self.logdir is not None and first:
         write_json(self.logdir/MANIFEST_FILE, self.manifest)
     mode, monitor = monitor_mode(self.config["monitor"]), self.config["monitor"]
     es = EarlyStopping(monitor, patience=self.config["patience"] or 10**9, min_delta=self.config["min_delta"], mode=mode,
