@@ -193,8 +193,8 @@ def test_cropkit_h2crop_subcommand_runs_the_trainer(root48, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(__import__("os").environ.get("CROPKIT_SLOW_TESTS") != "1", reason="about 30 s; set CROPKIT_SLOW_TESTS=1")
 def test_quick_start_learns_level1(tmp_path):
-    "The README quick start (tiny, 8 generated 96-pixel tiles, 10 epochs of batch 2 at lr 1e-2, about 30 s on one CPU core)
-    scores level 1 on the test tiles clearly above the majority-class map."
+    """The README quick start (tiny, 8 generated 96-pixel tiles, 10 epochs of batch 2 at lr 1e-2, about 30 s on one CPU
+    core) scores level 1 on the test tiles clearly above the majority-class map."""
     root = make_h2crop(tmp_path / "demo", size=96)
     work = tmp_path / "run"
     assert main(["train", "tiny", "--root", str(root), "--work-dir", str(work), "--epochs", "10", "--batch-size", "2",
