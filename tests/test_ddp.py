@@ -3,18 +3,20 @@ configuration exactly like 1 process × batch 2 on the same data (same global ba
 processes, BatchNorm statistics synchronised across them) and report identical validation scores.
 
 What makes the comparison exact, and why:
-- the same global batches: `DistributedSampler` cuts one (seed, epoch) permutation into interleaved shards, so
-  step k sees tiles {2k, 2k+1} of the permutation in both runs; 4 training tiles, so no padding is needed;
+- the same global batches: the engine's `SeededSampler` cuts one (seed, epoch) permutation into interleaved shards,
+  so step k sees tiles {2k, 2k+1} of the permutation in both runs; 4 training tiles, so no padding is needed;
 - BatchNorm: per-process statistics over 1 tile would differ from those over the 2-tile batch, so the trainer
-  converts BatchNorm to a synchronised version under DDP (`GlooSyncBatchNorm` on the CPU); the slow test below
+  converts BatchNorm to a synchronised version under DDP (the engine's `GlooSyncBatchNormPlugin` on the CPU, a
+  Lightning `LayerSync`); the slow test below
   (CROPKIT_SLOW_TESTS=1) shows that without it the weights do differ;
 - randomness per process (flips, CutMix, stochastic depth) draws different numbers than one process would, so it
   is turned off here (`--no-augment --cutmix 0 --set drop_path=0.0`);
 - SGD rather than AdamW: Adam divides each gradient by its own running magnitude, which blows float round-off up to
   the size of the learning rate for parameters whose gradient is mathematically zero (conv biases in front of
   BatchNorm) and is blind to a gradient that is summed instead of averaged; SGD keeps the runs within 1e-6;
-- 3 validation tiles, so the two processes score different numbers of tiles (2 and 1): `ShardSampler` must count
-  each tile exactly once and the confusion matrices are summed over processes.
+- 3 validation tiles, so the two processes score different numbers of tiles (2 and 1): `SeededSampler` must count
+  each tile exactly once (evaluation shards are not padded) and torchmetrics sums the confusion matrices over
+  the processes.
 """
 import json, os, socket, subprocess, sys
 
@@ -83,7 +85,8 @@ def test_two_gloo_processes_train_like_one_with_twice_the_batch(runs):
         else: assert torch.equal(a, b), k                    # e.g. num_batches_tracked
     h1, h2 = pd.read_csv(tmp / "single" / "history.csv"), pd.read_csv(tmp / "ddp" / "history.csv")
     np.testing.assert_allclose(h2["train_loss"], h1["train_loss"], rtol=1e-6)
-    np.testing.assert_allclose(h2["val_loss"], h1["val_loss"], rtol=1e-5)
+    np.testing.assert_allclose(h2["valid_loss"], h1["valid_loss"], rtol=1e-5)
+    np.testing.assert_allclose(h2["valid_mFscore"], h1["valid_mFscore"], rtol=1e-12)
 
 
 def test_validation_scores_are_identical(runs):
@@ -101,6 +104,8 @@ def test_only_rank_zero_writes(runs):
     _, tmp = runs
     log = (tmp / "ddp" / "train.log").read_text()
     assert log.count("epoch 1/1") == 1 and "2 process(es)" in log
+    assert "1 process(es)" in (tmp / "single" / "train.log").read_text()
+    assert sorted(p.name for p in (tmp / "ddp").iterdir()) == sorted(p.name for p in (tmp / "single").iterdir())
 
 
 @pytest.mark.slow

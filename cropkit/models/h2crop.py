@@ -317,7 +317,7 @@ def cascade_loss(outputs: Mapping, labels, levels=None, ignore_index: int | None
     if total is None: raise ValueError("cascade_loss needs at least one level")
     return total
 
-# %% ../../nbs/19_models.h2crop.ipynb #5ff36346
+# %% ../../nbs/19_models.h2crop.ipynb #d8e4b097
 _FORMAT = "cropkit.h2crop"
 
 def save_h2crop(model: H2CropModel, path: str | Path, **extra) -> Path:
@@ -329,17 +329,23 @@ def save_h2crop(model: H2CropModel, path: str | Path, **extra) -> Path:
     with atomic_write(path) as f: torch.save(payload, f)
     return path
 
-def _read_checkpoint(path: Path) -> dict:
-    payload = load_checkpoint_file(path, "H2Crop checkpoint")
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a cropkit H2Crop checkpoint (written by save_h2crop); "
+_ENGINE_FORMAT = "cropkit-model"          # best.pt / last.pt of cropkit's training engine (H2CropTask's description)
+
+def _read_checkpoint(path: Path, payload: dict | None = None) -> dict:
+    if payload is None: payload = load_checkpoint_file(path, "H2Crop checkpoint")
+    ok = isinstance(payload, dict) and (payload.get("format") == _FORMAT or (
+        payload.get("format") == _ENGINE_FORMAT and {"config_name", "config", "state_dict"} <= set(payload)))
+    if not ok:
+        raise ValueError(f"{path} is not a cropkit H2Crop checkpoint (written by save_h2crop or the H2Crop trainer); "
                          "for AgriFM/H2Crop backbone weights use load_s2_backbone")
     return payload
 
-def load_h2crop(path: str | Path, model: H2CropModel | None = None, map_location="cpu") -> H2CropModel:
-    "Load a `save_h2crop` checkpoint into `model` (which must have the same configuration) or into a newly built model."
-    path = Path(path)
-    payload = _read_checkpoint(path)
+def load_h2crop(path: str | Path | dict, model: H2CropModel | None = None, map_location="cpu",
+                source: str | None = None) -> H2CropModel:
+    "Load a `save_h2crop` or trainer (best.pt/last.pt) checkpoint, or its contents already read, into `model` or a new model."
+    payload = path if isinstance(path, dict) else None            # e.g. from cropkit.train.engine.read_checkpoint
+    path = source or ("the checkpoint" if payload is not None else Path(path))
+    payload = _read_checkpoint(path, payload)
     name, overrides = payload["config_name"], payload["overrides"]
     try: saved = H2CropConfig(**payload["config"])
     except (TypeError, ValueError) as e: raise ValueError(f"checkpoint {path} holds an invalid H2Crop configuration: {e}") from e

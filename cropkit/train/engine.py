@@ -178,7 +178,7 @@ def weights_hash(state_dict: dict) -> str:
         if not isinstance(value, torch.Tensor): continue
         t = value.detach().cpu().contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")   # reshape: 0-dim buffers (num_batches_tracked)
     return h.hexdigest()
 
 def _describe_load_error(path: Path, err: Exception) -> str:
@@ -384,7 +384,8 @@ class Task(pl.LightningModule):
         checkpoint.update(_jsonable_tensors(self.description()))            # a task may name its own format
         run = getattr(self, "run_info", None) or {}
         checkpoint["manifest"] = _jsonable(run.get("manifest") or {})
-        checkpoint.setdefault("training_state", _jsonable_tensors(run.get("summary") or {}))   # RunFiles stores the full state in last.pt
+        # Lightning calls this hook after the callbacks' (RunFiles): keep their training state (history, rng, epochs)
+        checkpoint["training_state"] = _jsonable_tensors(run.get("summary") or {}) | checkpoint.get("training_state", {})
 
 def _jsonable_tensors(obj):
     "Like `_jsonable` but keeps tensors (checkpoint entries)."
@@ -641,6 +642,8 @@ class Learner:
                 f"trained, device={self.device}, logdir={self.logdir}, {self.config})")
 
 # %% ../../nbs/20_train.engine.ipynb #3aaa95c4
+from lightning.pytorch.utilities import rank_zero_only
+
 def _check_resume(self: Learner, path: Path, epochs: int) -> dict:
     "Read the checkpoint to resume and refuse it, naming every difference, if it belongs to another run."
     ck = read_checkpoint(path)
@@ -689,7 +692,9 @@ def _learner_fit(self: Learner, epochs: int, resume: bool | str | os.PathLike = 
     if resume:
         if resume is True and self.logdir is None: raise ValueError("resume=True needs a logdir (or pass the checkpoint path)")
         ckpt_path = require_file(self.logdir/LAST_FILE if resume is True else Path(resume), "checkpoint to resume from")
-    if self.logdir is not None: prepare_run_dir(self.logdir, resume=bool(resume) and resume is True, overwrite=self.overwrite)
+    first = rank_zero_only.rank == 0     # under torchrun/SLURM every process runs fit: only rank 0 checks and writes the folder
+    if self.logdir is not None and first:
+        prepare_run_dir(self.logdir, resume=bool(resume) and resume is True, overwrite=self.overwrite)
     self.run.rows, self.best_state, self.stopped_early, self.best_epoch = [], None, False, None
     if ckpt_path is not None:
         ck = _check_resume(self, ckpt_path, epochs)
@@ -698,7 +703,7 @@ def _learner_fit(self: Learner, epochs: int, resume: bool | str | os.PathLike = 
             self.run.rows, self.stopped_early = [dict(r) for r in state["history"]], bool(state.get("stopped_early"))
             self.best_epoch = state.get("best_epoch")
             return self.history
-    elif self.logdir is not None:
+    elif self.logdir is not None and first:
         write_json(self.logdir/MANIFEST_FILE, self.manifest)
     mode, monitor = monitor_mode(self.config["monitor"]), self.config["monitor"]
     es = EarlyStopping(monitor, patience=self.config["patience"] or 10**9, min_delta=self.config["min_delta"], mode=mode,
