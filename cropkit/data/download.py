@@ -14,8 +14,8 @@ from ..core import atomic_write
 from .breizhcrops import LEVELS, REGIONS, breizhcrops_paths
 
 # %% auto #0
-__all__ = ['BASE_URL', 'AVAILABLE', 'H5_SIZES', 'KINDS', 'official_url', 'official_size', 'official_files', 'download_file',
-           'extract_members', 'download_breizhcrops']
+__all__ = ['BASE_URL', 'AVAILABLE', 'H5_SIZES', 'KINDS', 'official_url', 'official_size', 'official_files', 'partial_path',
+           'download_file', 'extract_members', 'download_breizhcrops']
 
 # %% ../../nbs/04_data.download.ipynb #051c96a1
 BASE_URL = "https://breizhcrops.s3.eu-central-1.amazonaws.com"
@@ -74,12 +74,13 @@ def official_files(base_url: str | None = None) -> pd.DataFrame:
                                  size=official_size(kind, year, level or "L1C", region)))
     return pd.DataFrame(rows).astype({"size": "Int64"})
 
-# %% ../../nbs/04_data.download.ipynb #5832b215
+# %% ../../nbs/04_data.download.ipynb #b20f971d
 def _manual(url: str, dest: Path) -> str:
     return f"download it by hand (e.g. curl -L -o '{dest}' '{url}') and place it at {dest}"
 
-def _open_url(url: str, dest: Path, timeout: float):
-    try: return urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "cropkit"}), timeout=timeout)
+def _open_url(url: str, dest: Path, timeout: float, headers: dict | None = None):
+    try: return urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "cropkit", **(headers or {})}),
+                                       timeout=timeout)
     except urllib.error.HTTPError as e:
         raise ConnectionError(f"the server answered HTTP {e.code} ({e.reason}) for {url}; {_manual(url, dest)}") from e
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
@@ -89,9 +90,69 @@ def _open_url(url: str, dest: Path, timeout: float):
 def _hashers(sha256: str | None, md5: str | None) -> dict:
     return {k: getattr(hashlib, k)() for k, v in (("sha256", sha256), ("md5", md5)) if v}
 
+def _content_length(response) -> int | None:
+    length = response.headers.get("Content-Length")
+    return int(length) if length is not None and str(length).isdigit() else None
+
+def _check_received(url: str, received: int, length: int | None, size: int | None, hashers: dict,
+                    sha256: str | None, md5: str | None, leftover: str):
+    "Raise if the transfer is short (`ConnectionError`) or not the expected file (`ValueError`)."
+    if length is not None and received != length:
+        raise ConnectionError(f"the download of {url} was interrupted after {received} of {length} bytes; {leftover}")
+    if size is not None and received != size:
+        raise ValueError(f"{url} has {received} bytes, expected {size}: not the expected file; it was discarded")
+    for name, expected in (("sha256", sha256), ("md5", md5)):
+        if expected and hashers[name].hexdigest() != expected.lower():
+            raise ValueError(f"{name} checksum mismatch for {url}: expected {expected}, got "
+                             f"{hashers[name].hexdigest()}; the file was discarded")
+
+def partial_path(dest: str | os.PathLike) -> Path:
+    "Where `download_file(..., resume=True)` keeps the bytes received so far for `dest`."
+    dest = Path(dest)
+    return dest.with_name(dest.name + ".part")
+
+def _download_resumable(url, dest: Path, size, sha256, md5, progress, timeout, chunk_size) -> Path:
+    "Append to `partial_path(dest)` from where an earlier try stopped (HTTP Range), rename it to `dest` when complete."
+    from tqdm.auto import tqdm
+    part = partial_path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    offset = part.stat().st_size if part.exists() else 0
+    if size is not None and offset > size: part.unlink(); offset = 0      # longer than the file: not a piece of it
+    try: response = _open_url(url, dest, timeout, {"Range": f"bytes={offset}-"} if offset else None)
+    except ConnectionError as e:
+        if offset and "HTTP 416" in str(e):                                 # the range is past the server's file
+            part.unlink(); return _download_resumable(url, dest, size, sha256, md5, progress, timeout, chunk_size)
+        raise
+    with response:
+        if offset and getattr(response, "status", None) != 206: offset = 0  # the server sends it whole: start again
+        remaining = _content_length(response)
+        length = None if remaining is None else offset + remaining
+        hashers, received = _hashers(sha256, md5), offset
+        if offset and hashers:
+            with open(part, "rb") as old:
+                for block in iter(lambda: old.read(chunk_size), b""):
+                    for h in hashers.values(): h.update(block)
+        kept = f"the {{}} bytes received are kept in {part}; run again to resume"
+        with open(part, "ab" if offset else "wb") as f, tqdm(total=length or size, initial=offset, unit="B",
+                unit_scale=True, unit_divisor=1024, desc=dest.name, disable=not progress, leave=False) as bar:
+            while True:
+                try: chunk = response.read(chunk_size)
+                except (http.client.IncompleteRead, ConnectionError, socket.timeout, OSError) as e:
+                    raise ConnectionError(f"the download of {url} was interrupted after {received} bytes ({e}); "
+                                          + kept.format(received)) from e
+                if not chunk: break
+                f.write(chunk); received += len(chunk); bar.update(len(chunk))
+                for h in hashers.values(): h.update(chunk)
+            f.flush(); os.fsync(f.fileno())
+    try: _check_received(url, received, length, size, hashers, sha256, md5, kept.format(received))
+    except ValueError:
+        part.unlink(missing_ok=True); raise
+    os.replace(part, dest)
+    return dest
+
 def download_file(url: str, dest: str | os.PathLike, size: int | None = None, sha256: str | None = None,
                   md5: str | None = None, progress: bool = True, timeout: float = 60,
-                  chunk_size: int = 1 << 20) -> Path:
+                  chunk_size: int = 1 << 20, resume: bool = False) -> Path:
     "Fetch `url` to `dest` unless it exists; check length, `size` and checksums; rename only when complete."
     dest = Path(dest)
     if dest.exists():
@@ -99,10 +160,11 @@ def download_file(url: str, dest: str | os.PathLike, size: int | None = None, sh
             raise ValueError(f"{dest} exists but has {dest.stat().st_size} bytes instead of the {size} of {url}: "
                              "it is not that file; delete it to download it again")
         return dest
+    if resume: return _download_resumable(url, dest, size, sha256, md5, progress, timeout, chunk_size)
     from tqdm.auto import tqdm
+    nothing = f"nothing was written to {dest}; run again to retry"
     with _open_url(url, dest, timeout) as response:
-        length = response.headers.get("Content-Length")
-        length = int(length) if length is not None and str(length).isdigit() else None
+        length = _content_length(response)
         hashers, received = _hashers(sha256, md5), 0
         with atomic_write(dest) as f, tqdm(total=length or size, unit="B", unit_scale=True, unit_divisor=1024,
                                            desc=dest.name, disable=not progress, leave=False) as bar:
@@ -110,19 +172,11 @@ def download_file(url: str, dest: str | os.PathLike, size: int | None = None, sh
                 try: chunk = response.read(chunk_size)
                 except (http.client.IncompleteRead, ConnectionError, socket.timeout, OSError) as e:
                     raise ConnectionError(f"the download of {url} was interrupted after {received} bytes ({e}); "
-                                          f"nothing was written to {dest}; run again to retry") from e
+                                          + nothing) from e
                 if not chunk: break
                 f.write(chunk); received += len(chunk); bar.update(len(chunk))
                 for h in hashers.values(): h.update(chunk)
-            if length is not None and received != length:
-                raise ConnectionError(f"the download of {url} was interrupted after {received} of {length} bytes; "
-                                      f"nothing was written to {dest}; run again to retry")
-            if size is not None and received != size:
-                raise ValueError(f"{url} has {received} bytes, expected {size}: not the expected file; it was discarded")
-            for name, expected in (("sha256", sha256), ("md5", md5)):
-                if expected and hashers[name].hexdigest() != expected.lower():
-                    raise ValueError(f"{name} checksum mismatch for {url}: expected {expected}, got "
-                                     f"{hashers[name].hexdigest()}; the file was discarded")
+            _check_received(url, received, length, size, hashers, sha256, md5, nothing)
     return dest
 
 # %% ../../nbs/04_data.download.ipynb #5c396ce3
