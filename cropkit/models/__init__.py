@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['TempCNN', 'LSTM', 'TransformerModel', 'PETransformerModel', 'MSResNet', 'InceptionTime', 'StarRNN', 'OmniScaleCNN',
            'MODELS', 'get_model', 'model_hparams', 'save_model', 'load_model', 'load_breizhcrops_checkpoint',
-           'check_input']
+           'check_input', 'PRETRAINED', 'load_pretrained']
 
-# %% ../../nbs/17_models.ipynb #157b259e
+# %% ../../nbs/17_models.ipynb #0cfff62c
 from .tempcnn import TempCNN
 from .lstm import LSTM
 from .transformer import TransformerModel, PETransformerModel
@@ -17,9 +17,10 @@ from .starrnn import StarRNN
 from .omniscale import OmniScaleCNN
 from .registry import (MODELS, get_model, model_hparams, save_model, load_model, load_breizhcrops_checkpoint,
                        check_input)
+from .pretrained import PRETRAINED, load_pretrained
 
 _all_ = [
     "TempCNN", "LSTM", "TransformerModel", "PETransformerModel", "MSResNet", "InceptionTime", "StarRNN",
     "OmniScaleCNN", "MODELS", "get_model", "model_hparams", "save_model", "load_model",
-    "load_breizhcrops_checkpoint", "check_input"
+    "load_breizhcrops_checkpoint", "check_input", "PRETRAINED", "load_pretrained"
 ]  # what `import *` brings in

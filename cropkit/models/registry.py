@@ -97,13 +97,15 @@ def check_hparams(name: str, hparams: dict) -> dict:
     for k, v in hparams.items(): _check_value(name, k, v, defaults[k])
     return {**defaults, **{k: _python_value(v) for k, v in hparams.items()}}
 
-# %% ../../nbs/18_models.registry.ipynb #e6796029
+# %% ../../nbs/18_models.registry.ipynb #166bd0cd
 def _check_data_arg(key: str, value, allow_none: bool = False):
     if value is None and allow_none: return
     if not (_is_int(value) and value > 0):
         raise ValueError(f"{key} must be a positive integer, got {value!r}")
 
-def get_model(name: str, input_dim: int, num_classes: int, sequencelength: int | None = None, **hparams) -> nn.Module:
+def get_model(name: str, input_dim: int, num_classes: int, sequencelength: int | None = None,
+              device: str | torch.device | None = None, # moved there when given (None: stays on the CPU)
+              **hparams) -> nn.Module:
     "Build registry model `name` for `input_dim` bands, `num_classes` classes and series of `sequencelength` steps."
     name = canonical_name(name)
     cls = MODELS[name]
@@ -115,7 +117,7 @@ def get_model(name: str, input_dim: int, num_classes: int, sequencelength: int |
     model = cls(input_dim=int(input_dim), num_classes=int(num_classes), **length_arg, **full)
     model.cropkit_spec = dict(name=name, hparams=full, input_dim=int(input_dim), num_classes=int(num_classes),
                               sequencelength=None if sequencelength is None else int(sequencelength))
-    return model
+    return model if device is None else model.to(get_device(device))
 
 # %% ../../nbs/18_models.registry.ipynb #c7b6810f
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "cropkit-parcel-model", 1
@@ -343,7 +345,7 @@ def breizhcrops_state_dict(model: nn.Module) -> dict:
     collect(model, "")
     return state
 
-# %% ../../nbs/18_models.registry.ipynb #4fff6afe
+# %% ../../nbs/18_models.registry.ipynb #adfdb8d1
 def _breizhcrops_state(path_or_dict) -> dict:
     if isinstance(path_or_dict, nn.Module): return breizhcrops_state_dict(path_or_dict)
     obj = path_or_dict if isinstance(path_or_dict, dict) else _read_checkpoint(Path(path_or_dict), "BreizhCrops checkpoint")
@@ -355,7 +357,9 @@ def _breizhcrops_state(path_or_dict) -> dict:
                          f"got a dict with keys {_first(map(str, obj))}")
     return state
 
-def load_breizhcrops_checkpoint(path_or_dict, name: str, strict: bool = True, **hparams) -> nn.Module:
+def load_breizhcrops_checkpoint(path_or_dict, name: str, strict: bool = True,
+                                device: str | torch.device | None = None, # moved there when given
+                                **hparams) -> nn.Module:
     "A cropkit model in eval mode computing what BreizhCrops' model `name` computes with the given weights."
     name = canonical_name(name)
     state = _breizhcrops_state(path_or_dict)
@@ -377,4 +381,4 @@ def load_breizhcrops_checkpoint(path_or_dict, name: str, strict: bool = True, **
         warnings.warn(f"loaded {len(converted)} of {len(expected)} tensors of {name}; left at random initialisation: "
                       f"{_first(missing)}")
     model.load_state_dict(converted, strict=False)
-    return model.eval()
+    return (model if device is None else model.to(get_device(device))).eval()
