@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every check CI runs, in the current (already installed) environment:
-# notebooks clean, cropkit/ in sync with nbs/, inline notebook tests, then pytest (last: CI reads its line).
+# notebooks clean, cropkit/ in sync with nbs/, inline notebook tests, the docs site, then pytest (last: CI reads its line).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +22,9 @@ fi
 
 step "nbdev-test (inline notebook tests; slow/cuda cells skipped)"
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} nbdev-test --n-workers "${NBDEV_WORKERS:-2}" --timing
+
+step "docs site builds into _site/ (tools/docs.sh; the browser test opens it)"
+bash tools/docs.sh
 
 step "pytest"
 set +e
