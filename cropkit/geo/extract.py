@@ -107,7 +107,7 @@ def _block_bounds(cube, ys: slice, xs: slice) -> tuple:
     ymax, ymin = a.f + a.e * ys.start, a.f + a.e * ys.stop
     return (xmin, ymin, xmax, ymax)
 
-# %% ../../nbs/42_geo.extract.ipynb #5b3cb017
+# %% ../../nbs/42_geo.extract.ipynb #1d91550d
 def prepare_parcels(cube: xr.DataArray, parcels: "gpd.GeoDataFrame", id_col: str, buffer: float = 0.0,
                     partial: str = "skip") -> tuple:
     "(parcels in the cube's CRS, buffered and inside the cube, with `inside_fraction`; report DataFrame id, reason)."
@@ -116,14 +116,15 @@ def prepare_parcels(cube: xr.DataArray, parcels: "gpd.GeoDataFrame", id_col: str
     g = parcels.to_crs(cube.rio.crs)
     if buffer > 0: g = g.set_geometry(g.geometry.buffer(-buffer))
     foot = shapely.box(*cube.rio.bounds())
-    area = g.geometry.area.to_numpy()
-    inter = shapely.intersection(g.geometry.to_numpy(), foot)
-    frac = np.where(area > 0, shapely.area(inter) / np.where(area > 0, area, 1), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):      # far-away parcels can reproject to non-finite coordinates
+        area = np.nan_to_num(g.geometry.area.to_numpy(), nan=0.0)
+        inter = shapely.intersection(g.geometry.to_numpy(), foot)
+        frac = np.clip(np.where(area > 0, np.nan_to_num(shapely.area(inter)) / np.where(area > 0, area, 1), 0.0), 0.0, 1.0)
     reason = np.full(len(g), "", dtype=object)
     reason[(frac < 1 - 1e-9) & (frac > 0)] = "partly outside the cube"
     if partial == "clip": reason[(frac < 1 - 1e-9) & (frac > 0)] = ""
     reason[frac <= 0] = "outside the cube"
-    reason[area <= 0] = f"empty after the inner buffer of {buffer}"
+    reason[(area <= 0) & (buffer > 0)] = f"empty after the inner buffer of {buffer}"
     report = pd.DataFrame({"id": g[id_col].to_numpy()[reason != ""], "reason": reason[reason != ""].astype(str)})
     keep = g.loc[reason == ""].copy()
     keep["inside_fraction"] = frac[reason == ""]
