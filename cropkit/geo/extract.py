@@ -65,7 +65,7 @@ def read_parcels(parcels, id_col: str, label_col: str | None = None, crs=None) -
                          f"({shapely.is_valid_reason(geom[invalid].iloc[0])}); repair them (e.g. geopandas make_valid) first")
     return gdf
 
-# %% ../../nbs/42_geo.extract.ipynb #dcde8149
+# %% ../../nbs/42_geo.extract.ipynb #0b939549
 def _block_weights(geoms_wkb: list, bounds: tuple, shape: tuple, crs_wkt: str = "EPSG:4326") -> "sparse.csr_matrix":
     "Sparse (parcels, pixels) coverage fractions of polygons (WKB) on a block grid of `shape` within `bounds`."
     h, w = shape
@@ -81,7 +81,9 @@ def _block_weights(geoms_wkb: list, bounds: tuple, shape: tuple, crs_wkt: str = 
 def _block_sums(block: np.ndarray, W, with_sq: bool) -> tuple:
     "Weighted sums, valid weights (and sums of squares) of a (t, b, h, w) block: arrays (parcels, t, b)."
     t, b, h, w = block.shape
-    v = np.asarray(block, dtype=np.float64).reshape(t * b, h * w).T
+    used = np.unique(W.indices)                              # only the pixels some parcel touches are read
+    v = np.asarray(block).reshape(t * b, h * w)[:, used].astype(np.float64).T
+    W = W[:, used]
     ok = np.isfinite(v)
     vz = np.where(ok, v, 0.0)
     out = [(W @ vz).reshape(-1, t, b), (W @ ok.astype(np.float64)).reshape(-1, t, b)]
