@@ -1,0 +1,122 @@
+"""Parcel extraction at scale: `cropkit.geo.extract.extract_parcels` on a seeded synthetic cube that is never
+materialised (a lazy dask array, generated chunk by chunk), against a naive per-polygon `rasterio.mask` loop
+measured in the same run on a subset written to a GeoTIFF.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_extract.py --dates 24 --bands 10 --size 20000 --parcels 100000
+
+prints parcels/s of both, their ratio on the same subset, and the peak RSS of this process and its children
+(dask workers with --cluster). The issue's goal: >= 10x the naive loop, peak RSS <= 4 GB.
+"""
+import argparse, os, tempfile, threading, time
+from pathlib import Path
+
+import numpy as np
+
+
+def synthetic_cube(dates, bands, size, chunk, seed=0):
+    "A lazy (time, band, y, x) float32 cube in UTM 31N, 10 m pixels; each chunk is generated from its block id."
+    import dask.array as da
+    from cropkit.geo.cube import make_cube, pixel_centres
+
+    def block(block_id=None, block_info=None):
+        shape = block_info[None]["chunk-shape"]
+        t, _, i, j = block_id
+        rng = np.random.default_rng([seed, t, i, j])
+        base = rng.random(shape[2:], dtype=np.float32) * 1000
+        out = np.empty(shape, np.float32)
+        for b in range(shape[1]): out[0, b] = base + 100 * b + 10 * t
+        return out
+
+    arr = da.map_blocks(block, dtype=np.float32, chunks=((1,) * dates, (bands,), *[(chunk,) * (size // chunk) + ((size % chunk,) if size % chunk else ())] * 2))
+    x, y = pixel_centres((500000, 5000000, 500000 + 10 * size, 5000000 + 10 * size), (size, size))
+    return make_cube(arr, np.datetime64("2021-01-01") + np.arange(dates) * np.timedelta64(15, "D"), [f"B{k + 1}" for k in range(bands)],
+                     x, y, "EPSG:32631", chunks=None)
+
+
+def parcels(n, size, seed=0, bounds=None):
+    "n random rotated-free rectangles of 20-120 m sides inside the cube (or `bounds`)."
+    import geopandas as gpd, shapely
+    rng = np.random.default_rng(seed)
+    x0, y0, x1, y1 = bounds or (500000, 5000000, 500000 + 10 * size, 5000000 + 10 * size)
+    w, h = rng.uniform(20, 120, n), rng.uniform(20, 120, n)
+    cx, cy = rng.uniform(x0 + 60, x1 - 60, n), rng.uniform(y0 + 60, y1 - 60, n)
+    return gpd.GeoDataFrame({"id": np.arange(n), "CODE_CULTU": "BTH"}, geometry=shapely.box(cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), crs="EPSG:32631")
+
+
+class PeakRSS:
+    "Peak resident memory of this process plus its children, sampled every 0.1 s."
+    def __init__(self):
+        import psutil
+        self.p, self.peak, self.stop = psutil.Process(), 0, False
+    def _run(self):
+        while not self.stop:
+            try: rss = self.p.memory_info().rss + sum(c.memory_info().rss for c in self.p.children(recursive=True))
+            except Exception: rss = 0
+            self.peak = max(self.peak, rss); time.sleep(0.1)
+    def __enter__(self): self.t = threading.Thread(target=self._run, daemon=True); self.t.start(); return self
+    def __exit__(self, *a): self.stop = True; self.t.join()
+
+
+def naive(tif, gdf):
+    "Per-polygon rasterio.mask over all layers: the reference loop."
+    import rasterio, rasterio.mask
+    out = []
+    with rasterio.open(tif) as src:
+        for geom in gdf.geometry:
+            a, _ = rasterio.mask.mask(src, [geom], crop=True, filled=False)
+            out.append(a.reshape(a.shape[0], -1).mean(axis=1).filled(np.nan))
+    return np.array(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dates", type=int, default=24); ap.add_argument("--bands", type=int, default=10)
+    ap.add_argument("--size", type=int, default=20000, help="cube width and height in pixels")
+    ap.add_argument("--chunk", type=int, default=1024); ap.add_argument("--parcels", type=int, default=100000)
+    ap.add_argument("--subset", type=int, default=1024, help="side (pixels) of the subset written for the naive loop")
+    ap.add_argument("--naive-parcels", type=int, default=300)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--cluster", action="store_true", help="run through a dask.distributed LocalCluster (processes)")
+    args = ap.parse_args()
+    import rasterio
+    from cropkit.geo.extract import extract_parcels
+
+    cube = synthetic_cube(args.dates, args.bands, args.size, args.chunk)
+    gb = cube.size * 4 / 1e9
+    print(f"cube {dict(cube.sizes)} float32 = {gb:.1f} GB (lazy), chunks {args.chunk}px; {args.parcels} parcels; workers {args.workers}")
+
+    # --- the same subset both ways: a GeoTIFF of the top-left corner for the naive loop ------------------------
+    s = min(args.subset, args.size)
+    sub = cube.isel(y=slice(0, s), x=slice(0, s))
+    xmin, ymin, xmax, ymax = sub.rio.bounds()
+    small = parcels(args.naive_parcels, s, seed=1, bounds=(xmin, ymin, xmax, ymax))
+    tif = Path(tempfile.mkdtemp()) / "subset.tif"
+    a = sub.values.reshape(-1, s, s)
+    with rasterio.open(tif, "w", driver="GTiff", height=s, width=s, count=a.shape[0], dtype="float32", crs=sub.rio.crs,
+                       transform=sub.rio.transform(), tiled=True, blockxsize=256, blockysize=256) as dst: dst.write(a)
+    t0 = time.perf_counter(); ref = naive(tif, small); t_naive = time.perf_counter() - t0
+    t0 = time.perf_counter(); ours = extract_parcels(sub.chunk({"y": 512, "x": 512}), small, "id", workers=args.workers)
+    t_ours = time.perf_counter() - t0
+    diff = np.nanmax(np.abs(ours["mean"].values.reshape(len(small), -1) - ref))
+    print(f"subset {s}x{s}px, {len(small)} parcels: naive rasterio.mask {len(small) / t_naive:.1f} parcels/s, "
+          f"cropkit {len(small) / t_ours:.1f} parcels/s -> ratio {t_naive / t_ours:.1f}x (max |difference| of means "
+          f"{diff:.3g}: rasterio.mask counts whole pixels by centre, cropkit weighs them by coverage)")
+
+    # --- the whole cube ---------------------------------------------------------------------------------------
+    gdf = parcels(args.parcels, args.size, seed=0)
+    client = None
+    if args.cluster:
+        from dask.distributed import Client, LocalCluster
+        client = Client(LocalCluster(n_workers=args.workers, threads_per_worker=1, memory_limit="1.5GB", processes=True))
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        ds = extract_parcels(cube, gdf, "id", workers=None if client else args.workers)
+        t_all = time.perf_counter() - t0
+    if client is not None: client.close()
+    rate = len(ds.parcel) / t_all
+    print(f"whole cube: {len(ds.parcel)} parcels in {t_all:.1f} s = {rate:.0f} parcels/s "
+          f"({gb / t_all:.2f} GB of cube/s); peak RSS {mem.peak / 1e9:.2f} GB; vs naive per-parcel rate: {rate / (len(small) / t_naive):.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""cropkit.geo on real samples, offline: a static STAC catalog of COGs written from the WorldCereal patch, the 88
+eo-learn land-use polygons, the 18 sits Sinop points; the written BreizhCrops layout trains; bad input is named."""
+import json, shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+gpd = pytest.importorskip("geopandas")
+pytest.importorskip("exactextract")
+pytest.importorskip("odc.stac")
+import shapely
+
+from cropkit.cli import main
+from cropkit.core import data_path
+from cropkit.geo.clean import clean
+from cropkit.geo.cube import open_eopatch, open_images, open_netcdf, open_stac, write_stac_catalog
+from cropkit.geo.extract import (demo_parcels, extract_parcels, read_parcels, sample_points, skipped_parcels,
+                                 write_breizhcrops)
+
+WC = data_path("worldcereal_belgium", "worldcereal_preprocessed_inputs.nc")
+S2 = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12"]
+SMALL = ["-H", "hidden_dims=8", "--batchsize", "16", "-q"]
+
+
+@pytest.fixture(scope="module")
+def wc():
+    return open_netcdf(WC, prefix="S2-L2A-", bands=S2)
+
+
+@pytest.fixture(scope="module")
+def catalog(wc, tmp_path_factory):
+    "A self-contained static STAC catalog of COGs (12 dates x 9 bands) written from the real WorldCereal patch."
+    return write_stac_catalog(wc, tmp_path_factory.mktemp("stac") / "worldcereal", "worldcereal")
+
+
+@pytest.fixture(scope="module")
+def parcels_file(wc, tmp_path_factory):
+    path = tmp_path_factory.mktemp("parcels") / "parcels.gpkg"
+    demo_parcels(wc, 40, seed=0).to_crs("EPSG:4326").to_file(path)     # another CRS: reprojected on reading
+    return path
+
+
+def coverage_mean(cube_band: np.ndarray, transform, geom) -> np.ndarray:
+    "Independent reference: numpy over the pixel squares, weighted by their exact intersection area with `geom`."
+    h, w = cube_band.shape[-2:]
+    a = transform
+    cols, rows = np.meshgrid(np.arange(w), np.arange(h))
+    cells = shapely.box(a.c + a.a * cols, a.f + a.e * (rows + 1), a.c + a.a * (cols + 1), a.f + a.e * rows)
+    wt = shapely.area(shapely.intersection(cells, geom)) / shapely.area(cells)
+    return (cube_band * wt).sum((-2, -1)) / wt.sum()
+
+
+def test_stac_catalog_extraction_matches_numpy(wc, catalog, parcels_file):
+    cube = open_stac(catalog, bands=S2)
+    assert cube.shape == (12, 9, 100, 100) and cube.rio.crs.to_epsg() == 32631
+    assert cube.rio.transform() == wc.rio.transform()
+    ds = extract_parcels(cube.chunk({"y": 32, "x": 32}), parcels_file, "id", "CODE_CULTU", stats=("mean", "std"))
+    assert ds.sizes == {"parcel": 40, "time": 12, "band": 9} and len(skipped_parcels(ds)) == 0
+    from_nc = extract_parcels(wc, parcels_file, "id", "CODE_CULTU")
+    np.testing.assert_allclose(ds["mean"].values, from_nc["mean"].values, rtol=1e-6)
+    g = read_parcels(parcels_file, "id").to_crs(32631).set_index("id")
+    raw = wc.sel(band="B08").values.astype(np.float64)
+    for pid in ds.parcel.values[:8]:
+        ref = coverage_mean(raw, wc.rio.transform(), g.geometry[pid])
+        np.testing.assert_allclose(ds["mean"].sel(parcel=pid, band="B08").values, ref, rtol=1e-5)
+    assert float(ds["std"].max()) > 0 and float(ds["cloud_fraction"].max()) == 0
+
+
+def test_eolearn_88_polygons_with_cloud_mask():
+    cube = clean(open_eopatch(data_path("eolearn_slovenia"), ["data/NDVI", "mask/CLM"]), mask_band="CLM")
+    gpkg = data_path("eolearn_slovenia", "vector_timeless", "LULC.gpkg")
+    ds = extract_parcels(cube, gpkg, "index", "LULC_NAME")
+    sk = skipped_parcels(ds)
+    assert len(ds.parcel) + len(sk) == 88 and set(sk["reason"]) == {"partly outside the cube"}
+    clip = extract_parcels(cube, gpkg, "index", "LULC_NAME", partial="clip")
+    assert len(clip.parcel) + len(skipped_parcels(clip)) == 88
+    assert (clip["inside_fraction"].values > 0).all() and (clip["inside_fraction"].values <= 1).all()
+    ndvi = np.load(data_path("eolearn_slovenia", "data", "NDVI.npy"))[..., 0]
+    clm = np.load(data_path("eolearn_slovenia", "mask", "CLM.npy"))[..., 0]
+    g = read_parcels(gpkg, "index").set_index("index")
+    for pid in ds.parcel.values[::10]:
+        num = coverage_mean(np.where(clm == 0, ndvi, 0.0), cube.rio.transform(), g.geometry[pid])
+        den = coverage_mean((clm == 0).astype(float), cube.rio.transform(), g.geometry[pid])
+        with np.errstate(invalid="ignore", divide="ignore"): ref = np.where(den > 0, num / den, np.nan)
+        np.testing.assert_allclose(ds["mean"].sel(parcel=pid, band="NDVI").values, ref, rtol=1e-4)
+        np.testing.assert_allclose(ds["cloud_fraction"].sel(parcel=pid).values, 1 - den, atol=1e-6)
+    m = ds["mean"].values[..., 0]
+    assert np.isnan(m).any() and not (m == 0).any()               # cloudy dates are NaN, never zero
+
+
+def test_sinop_points_all_dates():
+    import rasterio
+    from pyproj import Transformer
+    cube = open_images(data_path("sits_sinop", "mod13q1"), "TERRA_MODIS_012010_{band}_{date}.jp2")
+    ds = sample_points(cube, data_path("sits_sinop", "samples_sinop_crop.csv"))
+    csv = pd.read_csv(data_path("sits_sinop", "samples_sinop_crop.csv"))
+    assert ds["value"].shape == (18, 12, 1) and list(ds["id"].values) == csv["id"].tolist()
+    for k, f in enumerate(sorted(data_path("sits_sinop", "mod13q1").glob("*.jp2"))):
+        with rasterio.open(f) as src:
+            xy = Transformer.from_crs("EPSG:4326", src.crs, always_xy=True).transform(csv.longitude.values, csv.latitude.values)
+            ref = np.array([v[0] for v in src.sample(list(zip(*xy)))])
+        np.testing.assert_array_equal(ds["value"].values[:, k, 0], ref)
+
+
+def test_written_layout_trains_python_api(wc, parcels_file, tmp_path):
+    from cropkit.data.breizhcrops import BreizhCrops, default_transform
+    from cropkit.models.registry import get_model
+    from cropkit.train import fit
+    ds = extract_parcels(wc, parcels_file, "id", "CODE_CULTU")
+    write_breizhcrops(ds, tmp_path, "myregion", year=2021, band_map={"B8A": "B08"})
+    data = BreizhCrops("myregion", root=tmp_path, year=2021, level="L2A",
+                       transform=default_transform("L2A", sequencelength=12, sampling="even"))
+    assert len(data) == 40 and data[0][0].shape == (12, 10)
+    packed = BreizhCrops("myregion", root=tmp_path, year=2021, level="L2A", preload_ram=True).to_packed(sequencelength=12)
+    assert len(packed) == 40
+    model = get_model("TempCNN", input_dim=10, num_classes=data.num_classes, sequencelength=12, hidden_dims=8)
+    learner = fit(model, data, data, epochs=1, batch_size=16, progress=False, device="cpu")
+    assert len(learner.history) == 1
+
+
+def test_cli_extract_then_train(catalog, wc, tmp_path, capsys):
+    out = tmp_path / "out"
+    for k, region in enumerate(("frh01", "frh02", "frh03", "frh04")):
+        parcels = tmp_path / f"{region}.geojson"
+        demo_parcels(wc, 20, seed=k).to_file(parcels)
+        code = main(["extract", parcels, "--stac", catalog, "--start", "2020-11-01", "--end", "2021-10-31",
+                     "--label-col", "CODE_CULTU", "--id-col", "id", "--region", region, "--out", out,
+                     "--band-map", "B8A=B08", "--workers", "2", "-q"])
+        assert code == 0, capsys.readouterr().err
+    assert "wrote 20 parcel series (12 dates, 9 bands)" in capsys.readouterr().out
+    idx = pd.read_csv(out / "2020" / "L2A" / "frh04.csv")
+    assert list(idx.columns) == ["idx", "id", "CODE_CULTU", "path", "meanCLD", "sequencelength", "classid", "classname", "region"]
+    assert json.loads((out / "2020" / "L2A" / "frh04.json").read_text())["substituted"] == {"B8A": "B08"}
+    code = main(["train", "TempCNN", "--dataset", "breizhcrops", "--root", out, "--year", "2020", "--level", "L2A",
+                 "--mode", "evaluation1", "--epochs", "1", "--logdir", tmp_path / "run", "--device", "cpu", *SMALL])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "run" / "results.json").exists()
+
+
+# --- bad input: one clear line naming the file, column or value ----------------------------------------------
+def cli_error(capsys, argv, *fragments):
+    capsys.readouterr()                               # drop what the test's own set-up printed
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("cropkit: error: ") and "Traceback" not in err
+    for f in fragments: assert f in err, err
+
+
+BASE = ["--start", "2020-11-01", "--end", "2021-10-31", "--label-col", "CODE_CULTU", "--id-col", "id", "--region", "r", "-q"]
+
+
+def test_bad_parcels(wc, tmp_path, capsys):
+    g = demo_parcels(wc, 5)
+    cases = {
+        "nocol.gpkg": (g.drop(columns="CODE_CULTU"), "no label column 'CODE_CULTU'"),
+        "dup.gpkg": (g.assign(id=[1, 1, 2, 3, 4]), "duplicate 'id' value(s) [1]"),
+        "empty.gpkg": (g.assign(geometry=[g.geometry.iloc[0]] * 4 + [shapely.Polygon()]), "empty geometry"),
+        "invalid.gpkg": (g.assign(geometry=list(g.geometry.iloc[:4]) + [shapely.Polygon([(0, 0), (1, 1), (1, 0), (0, 1)])]), "invalid geometries"),
+        "outside.gpkg": (g.set_crs("EPSG:32633", allow_override=True), "none of the 5 parcels can be extracted"),
+    }
+    for name, (frame, msg) in cases.items():
+        frame.to_file(tmp_path / name)
+        cli_error(capsys, ["extract", tmp_path / name, "--cube", WC, "--prefix", "S2-L2A-", "--out", tmp_path / "o", *BASE], msg)
+    g.set_crs(None, allow_override=True).to_file(tmp_path / "nocrs.shp")     # a shapefile without .prj
+    cli_error(capsys, ["extract", tmp_path / "nocrs.shp", "--cube", WC, "--out", tmp_path / "o", *BASE], "has no CRS")
+    cli_error(capsys, ["extract", tmp_path / "missing.gpkg", "--cube", WC, "--out", tmp_path / "o", *BASE], "missing.gpkg")
+    (tmp_path / "text.gpkg").write_text("not a geopackage")
+    cli_error(capsys, ["extract", tmp_path / "text.gpkg", "--cube", WC, "--out", tmp_path / "o", *BASE], "cannot read the parcel file")
+
+
+def test_bad_imagery(wc, catalog, parcels_file, tmp_path, capsys):
+    o = ["--out", tmp_path / "o"]
+    cli_error(capsys, ["extract", parcels_file, "--cube", WC, "--bands", "B02,B99", *o, *BASE], "unknown band 'B99'")
+    cli_error(capsys, ["extract", parcels_file, "--stac", catalog, *o, *BASE[:-1], "--start", "2030-01-01", "--end", "2030-12-31"],
+              "lies in 2030-01-01")
+    cli_error(capsys, ["extract", parcels_file, "--cube", WC, "--prefix", "S2-L2A-", *o, *BASE], "lack the L2A band(s) ['B8A']")
+    # a catalog whose items lack the projection extension
+    bad = tmp_path / "noproj"
+    shutil.copytree(catalog.parent, bad)
+    for item in bad.glob("*/*.json"):
+        d = json.loads(item.read_text())
+        d["properties"] = {k: v for k, v in d["properties"].items() if not k.startswith("proj:")}
+        d["stac_extensions"] = [e for e in d.get("stac_extensions", []) if "projection" not in e]
+        item.write_text(json.dumps(d))
+    cli_error(capsys, ["extract", parcels_file, "--stac", bad / "catalog.json", *o, *BASE], "lack the projection extension")
+    # an unreadable image in a folder
+    folder = tmp_path / "imgs"; shutil.copytree(data_path("sits_sinop", "mod13q1"), folder)
+    (folder / "TERRA_MODIS_012010_NDVI_2013-10-16.jp2").write_bytes(b"broken")
+    cli_error(capsys, ["extract", parcels_file, "--images", folder, "--pattern", "*_{band}_{date}.jp2", *o, *BASE],
+              "TERRA_MODIS_012010_NDVI_2013-10-16.jp2")
+
+
+def test_existing_region_refused_and_all_cloudy_skipped(wc, parcels_file, tmp_path, capsys):
+    argv = ["extract", parcels_file, "--cube", WC, "--prefix", "S2-L2A-", "--band-map", "B8A=B08", "--out", tmp_path, *BASE]
+    assert main([str(a) for a in argv]) == 0
+    cli_error(capsys, argv, "already holds region 'r'", "--overwrite")
+    assert main([str(a) for a in argv + ["--overwrite"]]) == 0
+    ds = extract_parcels(wc, parcels_file, "id", "CODE_CULTU")
+    m = ds["mean"].values.copy(); m[:5] = np.nan
+    ds["mean"] = (ds["mean"].dims, m)
+    write_breizhcrops(ds, tmp_path, "cloudy", band_map={"B8A": "B08"})
+    idx = pd.read_csv(tmp_path / "2017" / "L2A" / "cloudy.csv")
+    assert len(idx) == 35 and not set(ds.parcel.values[:5]) & set(idx["id"])
+    m[:] = np.nan; ds["mean"] = (ds["mean"].dims, m)
+    with pytest.raises(ValueError, match="only cloudy"): write_breizhcrops(ds, tmp_path, "allcloudy", band_map={"B8A": "B08"})
+    assert not (tmp_path / "2017" / "L2A" / "allcloudy.csv").exists()
