@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse, dataclasses, json, os, re, sys, time
 from pathlib import Path
 
+from .evaluate.area import add_assess_parser, cmd_assess, add_sample_design_parser, cmd_sample_design
+
 # %% auto #0
 __all__ = ['DATASETS', 'VICTORIA_MODES', 'BASELINES', 'USER_ERRORS', 'COMMANDS', 'CLIError', 'parse_value',
            'parse_hyperparameters', 'build_parser', 'load_splits', 'resolve_model_name', 'recipe_from_args',
@@ -159,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train and test H2Crop models; the arguments go to cropkit.h2crop_train "
                        "(see `cropkit h2crop --help`).", add_help=False)
     h.add_argument("h2crop_args", nargs=argparse.REMAINDER, help="train|test|configs and their options")
+    add_assess_parser(sub); add_sample_design_parser(sub)
     return parser
 
 # %% ../nbs/25_cli.ipynb #8b9e836d
@@ -495,7 +498,7 @@ def cmd_h2crop(argv: list[str]) -> int:
     return h2crop_main(list(argv), prog="cropkit h2crop")
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "tune": cmd_tune, "data": cmd_data, "recipes": cmd_recipes,
-            "h2crop": cmd_h2crop}
+            "h2crop": cmd_h2crop, "assess": cmd_assess, "sample-design": cmd_sample_design}
 
 def main(argv: list[str] | None = None) -> int:
     "Run the `cropkit` command line with `argv` (default `sys.argv[1:]`); return the exit status."

@@ -331,14 +331,13 @@ def read_reference(reference, label_col: str, lon_col: str | None = None, lat_co
     gdf["label"] = labels.astype(str).str.strip()
     return gdf.reset_index(drop=True)
 
-# %% ../../nbs/32_evaluate.area.ipynb #5e23f963
+# %% ../../nbs/32_evaluate.area.ipynb #f7726391
 POLYGON_MODES = ("centroid", "majority")
 
 def _sample_points(src, geoms, polygons: str) -> tuple[np.ndarray, np.ndarray]:
     "(map value, inside-map flag) per geometry (points: their pixel; polygons: centroid or majority)."
-    import rasterio.features, rasterio.windows
+    import rasterio.features, rasterio.transform, rasterio.windows
     values, inside = np.zeros(len(geoms), np.int64), np.zeros(len(geoms), bool)
-    inv = ~src.transform
     for i, g in enumerate(geoms):
         kind = g.geom_type
         if kind not in ("Point", "Polygon", "MultiPolygon"):
@@ -356,8 +355,8 @@ def _sample_points(src, geoms, polygons: str) -> tuple[np.ndarray, np.ndarray]:
                     continue
                 if inpoly.any(): values[i], inside[i] = int(src.nodata), True; continue   # all no-data
         p = g if kind == "Point" else (g.centroid if g.centroid.within(g) else g.representative_point())
-        col, row = inv * (p.x, p.y)
-        row, col = int(np.floor(row)), int(np.floor(col))
+        row, col = rasterio.transform.rowcol(src.transform, p.x, p.y)      # the pixel that contains the point
+        row, col = int(row), int(col)
         if 0 <= row < src.height and 0 <= col < src.width:
             values[i] = int(src.read(1, window=rasterio.windows.Window(col, row, 1, 1))[0, 0]); inside[i] = True
     return values, inside
@@ -416,7 +415,7 @@ def assess(map_path: str | os.PathLike, reference, label_col: str, *, lon_col: s
     if out is not None: acc.save(out, overwrite)
     return acc
 
-# %% ../../nbs/32_evaluate.area.ipynb #ee4d51f9
+# %% ../../nbs/32_evaluate.area.ipynb #7f8f9c8b
 def stratified_sample(map_path: str | os.PathLike, n, seed: int = 0, names: Mapping[int, str] | None = None,
                       out: str | os.PathLike | None = None, overwrite: bool = False):
     "Seeded stratified random sample of pixel centres from a class map: `n` points per class, as a GeoDataFrame (and GeoPackage)."
@@ -454,7 +453,8 @@ def stratified_sample(map_path: str | os.PathLike, n, seed: int = 0, names: Mapp
                 seen[c] += pos.size
         transform, crs = src.transform, src.crs
     df = pd.DataFrame(picked, columns=["class_code", "row", "col"]).sort_values(["class_code", "row", "col"], kind="stable")
-    xs, ys = transform * (df["col"].to_numpy() + 0.5, df["row"].to_numpy() + 0.5)
+    import rasterio.transform
+    xs, ys = rasterio.transform.xy(transform, df["row"].to_numpy(), df["col"].to_numpy(), offset="center")
     df.insert(1, "map_class", areas.loc[df["class_code"], "name"].to_numpy())
     gdf = gpd.GeoDataFrame(df.reset_index(drop=True), geometry=gpd.points_from_xy(xs, ys), crs=crs)
     gdf.insert(0, "point_id", np.arange(len(gdf)))
