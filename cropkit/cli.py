@@ -8,6 +8,7 @@ import argparse, dataclasses, json, os, re, sys, time
 from pathlib import Path
 
 from .geo.extract_cli import add_extract_parser, cmd_extract
+from .evaluate.area import add_assess_parser, cmd_assess, add_sample_design_parser, cmd_sample_design
 
 # %% auto #0
 __all__ = ['DATASETS', 'VICTORIA_MODES', 'BASELINES', 'USER_ERRORS', 'COMMANDS', 'CLIError', 'parse_value',
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(see `cropkit h2crop --help`).", add_help=False)
     h.add_argument("h2crop_args", nargs=argparse.REMAINDER, help="train|test|configs and their options")
     add_extract_parser(sub)
+    add_assess_parser(sub); add_sample_design_parser(sub)
     return parser
 
 # %% ../nbs/60_cli.ipynb #8b9e836d
@@ -581,7 +583,7 @@ def cmd_h2crop(argv: list[str]) -> int:
     return h2crop_main(list(argv), prog="cropkit h2crop")
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "tune": cmd_tune, "data": cmd_data, "recipes": cmd_recipes,
-            "h2crop": cmd_h2crop, "extract": cmd_extract}
+            "h2crop": cmd_h2crop, "extract": cmd_extract, "assess": cmd_assess, "sample-design": cmd_sample_design}
 
 def main(argv: list[str] | None = None) -> int:
     "Run the `cropkit` command line with `argv` (default `sys.argv[1:]`); return the exit status."

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "cropkit" / "data"
 MODULES = sorted(f"cropkit.data.{p.stem}" for p in DATA.glob("*.py") if p.stem != "__init__")
 FORBIDDEN_CROPKIT = ("cropkit.train", "cropkit.models", "cropkit.h2crop_train", "cropkit.cli", "cropkit.recipes",
-                     "cropkit.baselines", "cropkit.tune", "cropkit.protocol", "cropkit.metrics", "cropkit.seg_metrics")
+                     "cropkit.baselines", "cropkit.tune", "cropkit.protocol", "cropkit.metrics", "cropkit.seg_metrics", "cropkit.evaluate", "cropkit.geo")
 FORBIDDEN_THIRD_PARTY = ("lightning", "pytorch_lightning", "lightning_fabric", "torchmetrics", "torch.distributed",
                          "torch.nn.parallel")
 
