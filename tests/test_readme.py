@@ -15,10 +15,9 @@ def test_readme_tour_runs(tmp_path, monkeypatch):
     assert len(blocks) >= 4, "the README tour lost its code blocks"
     monkeypatch.chdir(tmp_path)
     from cropkit.data.synthetic import make_breizhcrops
-    make_breizhcrops("breizhcrops_dataset", regions=("frh04",), n_parcels=60, seed=0)
     namespace = {}
     for block in blocks:
-        code = block.replace("epochs=30", "epochs=1")
+        code = block.replace("epochs=30", "epochs=1").replace("epochs=10,", "epochs=1,").replace("n_parcels=200", "n_parcels=60")
         code = code.replace('learner = fit(model, train, test,', 'learner = fit(model, train, test, progress=False,')
         exec(compile(code, "README.md", "exec"), namespace)
     assert tuple(namespace["X"].shape) == (45, 13)           # the BreizhCrops item of the tour
@@ -26,3 +25,5 @@ def test_readme_tour_runs(tmp_path, monkeypatch):
     assert 0.0 <= namespace["scores"].score <= 1.0                # mean mFscore over the four levels
     assert (tmp_path / "runs" / "h2crop-tiny" / "best.pt").exists()
     assert (tmp_path / "runs" / "tempcnn" / "history.csv").exists()
+    assert (tmp_path / "runs" / "tempcnn" / "best.pt").exists()              # validation split from the training series
+    assert not (tmp_path / "h2crop_demo").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["runs"]   # outputs under runs/
