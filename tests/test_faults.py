@@ -116,9 +116,54 @@ def test_kill_in_a_checkpoint_write_or_a_step_then_resume(reference, tmp_path, f
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_kill_at_a_random_time_then_resume(reference, tmp_path, seed):
     weights, seconds = reference
-    delay = random.Random(seed).uniform(0.3 * seconds, 0.95 * seconds)
+    delay = random.Random(seed).uniform(0.3 * seconds, 0.8 * seconds)
     logdir = tmp_path / "run"
     code, err = _run(tmp_path, "none", logdir, kill_after=delay)
-    _resume_until_done(tmp_path, logdir) if code != 0 else None
+    assert code == -signal.SIGKILL, err                  # really killed, not finished
+    _resume_until_done(tmp_path, logdir)
     got = _weights(logdir)
+    assert all(torch.equal(got[k], v) for k, v in weights.items())
+
+
+# --- H2Crop: the same guarantee through `cropkit h2crop train` --------------------------------------------------
+
+H2_ARGS = ["--epochs", "3", "--batch-size", "1", "--device", "cpu", "--quiet", "--set", "img_size=48", "--set", "enmap_size=16"]
+
+
+def _h2crop(root, work, *extra, kill_after=None):
+    import shutil
+    exe = shutil.which("cropkit", path=str(Path(sys.executable).parent)) or shutil.which("cropkit")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.Popen([exe, "h2crop", "train", "tiny", "--root", str(root), "--work-dir", str(work), *H2_ARGS, *extra],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    if kill_after is not None:
+        try: p.wait(timeout=kill_after)
+        except subprocess.TimeoutExpired: p.send_signal(signal.SIGKILL)
+    out, err = p.communicate(timeout=600)
+    return p.returncode, err.decode()
+
+
+@pytest.fixture(scope="module")
+def h2crop_reference(tmp_path_factory):
+    from cropkit.data.h2crop_synthetic import make_h2crop
+    d = tmp_path_factory.mktemp("h2faults")
+    root = make_h2crop(d / "data", n_train=2, n_val=1, n_test=1, size=48, seed=1)
+    t0 = time.perf_counter()
+    code, err = _h2crop(root, d / "full")
+    assert code == 0, err
+    return root, _weights(d / "full"), time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_h2crop_kill_at_a_random_time_then_resume(h2crop_reference, tmp_path, seed):
+    root, weights, seconds = h2crop_reference
+    work = tmp_path / "run"
+    code, err = _h2crop(root, work, kill_after=random.Random(100 + seed).uniform(0.4 * seconds, 0.8 * seconds))
+    assert code == -signal.SIGKILL, err                  # really killed, not finished
+    for _ in range(3):
+        if code == 0: break
+        code, err = _h2crop(root, work, "--resume" if (work / LAST_FILE).exists() else "--overwrite")
+    assert code == 0, err
+    assert not list(work.glob(".*.part"))
+    got = _weights(work)
     assert all(torch.equal(got[k], v) for k, v in weights.items())

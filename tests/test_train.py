@@ -393,3 +393,17 @@ def test_registry_model_checkpoints_open_with_load_model(tmp_path):
         assert meta["hparams"]["hidden_dims"] == 8 and meta["sequencelength"] is None
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), lrn.model(x))      # last.pt = the final weights
+
+
+def test_disk_full_while_writing_a_checkpoint_names_the_path(tmp_path, monkeypatch):
+    "torch.save reports a full disk as RuntimeError('... inline_container.cc ...'): the message names the file and the space."
+    lrn = make(tmp_path); lrn.fit(1)
+    before = (tmp_path/LAST_FILE).read_bytes()
+    def full(obj, f, *a, **k):
+        f.write(b"x" * 10)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match=r"cannot write checkpoint .*last.pt.*inline_container.*free space in .*MiB"):
+        write_checkpoint(tmp_path/LAST_FILE, {"state_dict": {}})
+    monkeypatch.undo()
+    assert (tmp_path/LAST_FILE).read_bytes() == before and not list(tmp_path.glob(".*.part"))

@@ -260,11 +260,14 @@ class H2CropModel(nn.Module):
 
     def extra_repr(self) -> str: return f"config_name={self.config_name!r}, overrides={self.overrides}"
 
-def build_model(config_name: str, **overrides) -> H2CropModel:
-    "Build the H2Crop model of a named configuration (see `CONFIGS`), with `overrides` of `H2CropConfig` fields."
+def build_model(config_name: str, device=None, **overrides) -> H2CropModel:
+    "Build the H2Crop model of a named configuration (see `CONFIGS`), with `overrides` of `H2CropConfig` fields, on `device`."
     config = get_config(config_name, **overrides)
     name = next(n for n in CONFIGS if n.lower() == config_name.lower())
-    return H2CropModel(config, name, overrides)
+    model = H2CropModel(config, name, overrides)
+    if device is None: return model
+    from cropkit.core import get_device
+    return model.to(get_device(device))
 
 # %% ../../nbs/19_models.h2crop.ipynb #d8b31f74
 def unused_parameters(model: nn.Module, batch: Mapping) -> list[str]:

@@ -210,9 +210,11 @@ def write_checkpoint(path: str | os.PathLike, checkpoint: dict) -> Path:
     checkpoint = dict(checkpoint, weights_sha256=weights_hash(checkpoint["state_dict"]))
     try:
         with atomic_write(path, "wb") as f: torch.save(checkpoint, f)
-    except OSError as e:
-        raise OSError(f"cannot write checkpoint {path}: {e.strerror or e} (free space in {path.parent}: "
-                      f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB)") from e
+    except (OSError, RuntimeError) as e:          # torch.save reports a full disk as a RuntimeError of its zip writer
+        if isinstance(e, RuntimeError) and "inline_container" not in str(e) and "write" not in str(e).lower(): raise
+        msg = getattr(e, "strerror", None) or " ".join(str(e).split())[:200]
+        raise OSError(f"cannot write checkpoint {path}: {msg} (free space in {path.parent}: "
+                      f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB; nothing was replaced)") from e
     return path
 
 def remove_stale_parts(folder: str | os.PathLike) -> list[Path]:
