@@ -275,7 +275,7 @@ def format_scores(scores: dict, keys=("accuracy", "kappa", "f1_macro", "f1_weigh
     "'accuracy 0.9650  kappa 0.9600 ...' for the `keys` present in `scores`."
     return "  ".join(f"{k} {scores[k]:.4f}" for k in keys if k in scores)
 
-# %% ../nbs/60_cli.ipynb #17976f2f
+# %% ../nbs/60_cli.ipynb #3d55e58c
 def _epoch_printer(args, epochs: int):
     def callback(learner, row):
         parts = [f"epoch {row['epoch']:>3}/{epochs}", f"train_loss {row['train_loss']:.4f}"]
@@ -351,6 +351,15 @@ def _check_writable(logdir: Path) -> Path:
     try: return check_logdir(logdir)
     except OSError as e: raise CLIError(f"cannot write to logdir {logdir}: {_one_line(e)}") from None
 
+def _write_predictions(frame, path: Path, checkpoint: Path) -> Path:
+    "Write a predictions table whose first columns name the checkpoint file and its sha256 (atomically)."
+    from cropkit.core import atomic_write
+    from cropkit.train.engine import file_sha256
+    frame = frame.copy()
+    frame.insert(0, "checkpoint_sha256", file_sha256(checkpoint)); frame.insert(0, "checkpoint", Path(checkpoint).name)
+    with atomic_write(path, "w") as f: frame.to_csv(f, index=False)
+    return path
+
 def _threads() -> int:
     import torch
     return torch.get_num_threads()
@@ -382,7 +391,7 @@ def _train_random_forest(args, t0: float) -> int:
     model_file = rf.save(logdir/"random_forest.skops")
     from cropkit.core import atomic_write
     from cropkit.train.engine import file_sha256
-    with atomic_write(logdir/"predictions.csv", "w") as f: pred.to_csv(f, index=False)
+    _write_predictions(pred, logdir/"predictions.csv", model_file)
     res = _results(args, "RandomForest", splits, scores, time.perf_counter() - t0,
                    dict(epochs=None, hparams=hp, checkpoint=str(model_file), checkpoint_sha256=file_sha256(model_file),
                         data=data_report(splits)))
@@ -420,7 +429,7 @@ def cmd_train(args) -> int:
     preds = evaluate_model(learner.model, test, learner.normalization, device=device)
     scores = preds.metrics()
     classes = getattr(test, "classes", None)
-    preds.save(logdir/"predictions.csv", classes=classes)
+    _write_predictions(preds.to_frame(classes), logdir/"predictions.csv", ck_file)
     which = "test" if splits["test"] is not None else "validation"
     res = _results(args, recipe.model, splits | {"test": test}, scores, time.perf_counter() - t0,
                    dict(evaluated_on=which, epochs=int(len(learner.history)), device=str(device),
@@ -433,7 +442,7 @@ def cmd_train(args) -> int:
     print(f"wrote {', '.join(sorted(p.name for p in logdir.iterdir() if not p.name.startswith('.')))} in {logdir}")
     return 0
 
-# %% ../nbs/60_cli.ipynb #ca776b7c
+# %% ../nbs/60_cli.ipynb #c3608528
 def load_trained_model(path, device=None):
     "(model in eval mode, checkpoint dict) of a checkpoint written by `cropkit.train` or `save_model`."
     from cropkit.train.engine import load_checkpoint
@@ -490,7 +499,7 @@ def cmd_evaluate(args) -> int:
         from cropkit.evaluate.metrics import classification_metrics
         scores = classification_metrics(frame.y_true.values, frame.y_pred.values, labels=len(rf.classes))
         from cropkit.core import atomic_write
-        with atomic_write(out/f"predictions-{tag}.csv", "w") as f: frame.to_csv(f, index=False)
+        _write_predictions(frame, out/f"predictions-{tag}.csv", path)
     else:
         model, ck = load_trained_model(path, args.device)
         _check_data_fits(ck, data, path)
@@ -498,7 +507,7 @@ def cmd_evaluate(args) -> int:
         preds = evaluate_model(model, data, ck.get("normalization"), device=args.device,
                                batch_size=args.batchsize or 256)
         scores = preds.metrics()
-        preds.save(out/f"predictions-{tag}.csv", classes=getattr(data, "classes", None))
+        _write_predictions(preds.to_frame(getattr(data, "classes", None)), out/f"predictions-{tag}.csv", path)
     from cropkit.train.engine import file_sha256
     res = {**scores, "checkpoint": str(path), "checkpoint_sha256": file_sha256(path), "dataset": args.dataset,
            "mode": splits["mode"], "size": len(data), "elapsed_seconds": round(time.perf_counter() - t0, 3)}

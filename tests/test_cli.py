@@ -57,6 +57,7 @@ def test_train_victoria_writes_results(victoria_run):
     assert 0.0 <= res["accuracy"] <= 1.0
     preds = pd.read_csv(victoria_run / "predictions.csv")
     assert len(preds) == 400 and (preds.y_pred == preds.y_true).mean() == pytest.approx(res["accuracy"])
+    assert (preds.checkpoint == "last.pt").all() and (preds.checkpoint_sha256 == res["checkpoint_sha256"]).all()
     assert len(pd.read_csv(victoria_run / "history.csv")) == 2
     ck = load_checkpoint(victoria_run / "last.pt")
     norm = ck["normalization"]
