@@ -6,15 +6,16 @@
 __all__ = ['Learner', 'fit', 'Task', 'make_trainer', 'NonFiniteLossError', 'check_hyperparameters', 'read_checkpoint',
            'write_checkpoint', 'load_checkpoint', 'BEST_FILE', 'LAST_FILE', 'HISTORY_FILE', 'MANIFEST_FILE',
            'OPTIMIZERS', 'SCHEDULERS', 'check_logdir', 'ParcelTask', 'Predictions', 'predict', 'save_predictions',
-           'load_predictions', 'dataset_info']
+           'load_predictions', 'dataset_info', 'Predictor', 'load_predictor']
 
 # %% ../../nbs/29_train.ipynb #b3e434fa
 from .engine import (Learner, fit, Task, make_trainer, NonFiniteLossError, check_hyperparameters,
                                   read_checkpoint, write_checkpoint, load_checkpoint, BEST_FILE, LAST_FILE,
                                   HISTORY_FILE, MANIFEST_FILE, OPTIMIZERS, SCHEDULERS, check_logdir)
 from .parcel import ParcelTask, Predictions, predict, save_predictions, load_predictions, dataset_info
+from .inference import Predictor, load_predictor
 
 _all_ = ["Learner", "fit", "Task", "make_trainer", "NonFiniteLossError", "check_hyperparameters", "read_checkpoint",
          "write_checkpoint", "load_checkpoint", "BEST_FILE", "LAST_FILE", "HISTORY_FILE", "MANIFEST_FILE", "OPTIMIZERS",
          "SCHEDULERS", "check_logdir", "ParcelTask", "Predictions", "predict", "save_predictions", "load_predictions",
-         "dataset_info"]
+         "dataset_info", "Predictor", "load_predictor"]

@@ -48,7 +48,7 @@ class RandomForestBaseline:
             raise ValueError(f"n_estimators must be a positive integer, got {n_estimators!r}")
         self.n_estimators, self.seed = n_estimators, seed
         self.forest = RandomForestClassifier(n_estimators=n_estimators, random_state=seed, n_jobs=n_jobs, **rf_kwargs)
-        self.input_shape, self.classes, self.fit_seconds = None, None, None
+        self.input_shape, self.classes, self.fit_seconds, self.bands = None, None, None, None
 
     def fit(self, ds) -> RandomForestBaseline:
         "Fit the forest on every sample of the parcel dataset `ds`."
@@ -56,6 +56,8 @@ class RandomForestBaseline:
         x0 = ds[0][0]
         self.input_shape = tuple(int(s) for s in x0.shape)
         self.classes = list(getattr(ds, "classes", None) or range(int(y.max()) + 1))
+        bands = getattr(ds, "bands", None)
+        self.bands = None if bands is None else [str(b) for b in bands]
         t0 = time.perf_counter()
         self.forest.fit(X, y)
         self.fit_seconds = time.perf_counter() - t0
@@ -92,7 +94,7 @@ class RandomForestBaseline:
     def _state(self) -> dict:
         return {"n_estimators": self.n_estimators, "seed": self.seed, "input_shape": list(self.input_shape or ()),
                 "classes": [str(c) if not isinstance(c, (int, np.integer)) else int(c) for c in (self.classes or [])],
-                "fit_seconds": self.fit_seconds}
+                "fit_seconds": self.fit_seconds, "bands": self.bands}
 
     def save(self, path: str | Path) -> Path:
         "Write the fitted baseline to `path` (`.skops`, atomically): a format that loads without running code."
@@ -128,6 +130,7 @@ class RandomForestBaseline:
         meta = json.loads(obj["meta"])
         rf = cls(n_estimators=meta["n_estimators"], seed=meta["seed"])
         rf.forest, rf.input_shape, rf.classes, rf.fit_seconds = forest, tuple(meta["input_shape"]), meta["classes"], meta["fit_seconds"]
+        rf.bands = meta.get("bands")
         return rf
 
 _TRUSTED_TYPES = ("sklearn.ensemble._forest.RandomForestClassifier", "sklearn.tree._classes.DecisionTreeClassifier",

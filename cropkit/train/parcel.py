@@ -113,7 +113,7 @@ class ParcelTask(Task):
         return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "name": self.model_name, "hparams": self.hparams_, "input_dim": i.get("input_dim"),
                 "num_classes": i.get("num_classes"), "sequencelength": i.get("sequencelength"),
                 "classes": None if i.get("classes") is None else [str(c) for c in i["classes"]],
-                "normalization": i.get("normalization"), "extra": {}}
+                "normalization": i.get("normalization"), "bands": i.get("bands"), "extra": {}}
 
     def score_names(self) -> list[str]: return ["loss", *METRIC_KEYS]
 
@@ -158,6 +158,8 @@ class Predictions:
 
     def metrics(self, labels=None) -> dict:
         "`cropkit.evaluate.metrics.classification_metrics` of these predictions (label space = score columns by default)."
+        unlabelled = int((np.asarray(self.y_true) < 0).sum())
+        if unlabelled: raise ValueError(f"{unlabelled} of {len(self)} samples have no label (y_true -1): scores need labelled data")
         return classification_metrics(self.y_true, self.y_pred, self.y_score.shape[1] if labels is None else labels)
 
     def to_frame(self, classes: Sequence[str] | None = None) -> pd.DataFrame:

@@ -33,11 +33,11 @@ SPECTRAL_INDICES = {"NDVI": ("B8", "B4"), "NDWI": ("B3", "B8")}
 "Normalised differences `(a - b) / (a + b)` of two bands that can be added as input channels."
 
 def input_features(x: torch.Tensor, log_offset: float | None = None, index_pairs=(), time_channel: bool = False) -> torch.Tensor:
-    """Reflectances `x` (T, D) -> (T, D + k [+ 1]): `log(x + log_offset)` if given, the k normalised differences of
-    `index_pairs`, and with `time_channel` each step's position in the series, 0 (first) to 1 (last)."""
+    """Reflectances `x` (T, D), or a batch (..., T, D) -> (..., T, D + k [+ 1]): `log(x + log_offset)` if given, the
+    k normalised differences of `index_pairs`, and with `time_channel` each step's position in the series, 0 (first) to 1 (last)."""
     x = torch.as_tensor(x, dtype=torch.float32)
-    extra = [(x[:, a] - x[:, b]) / (x[:, a] + x[:, b]).abs().clamp_min(1e-6) for a, b in index_pairs]
-    if time_channel: extra.append(torch.linspace(0.0, 1.0, len(x)))
+    extra = [(x[..., a] - x[..., b]) / (x[..., a] + x[..., b]).abs().clamp_min(1e-6) for a, b in index_pairs]
+    if time_channel: extra.append(torch.linspace(0.0, 1.0, x.shape[-2], device=x.device).expand(x.shape[:-1]))
     if log_offset is not None: x = torch.log(x.clamp_min(0.0) + log_offset)
     return torch.cat([x, torch.stack(extra, -1)], -1) if extra else x
 
