@@ -7,16 +7,11 @@ from __future__ import annotations
 import argparse, time
 
 # %% auto #0
-__all__ = ['add_extract_parser', 'cmd_extract']
+__all__ = ['add_imagery_options', 'add_extract_parser', 'parse_bbox', 'clip_bbox', 'cube_from_args', 'cmd_extract']
 
 # %% ../../nbs/43_geo.extract_cli.ipynb #352211b7
-def add_extract_parser(subparsers) -> argparse.ArgumentParser:
-    "Add the `extract` sub-command and its options to an argparse `subparsers` object."
-    p = subparsers.add_parser("extract", help="build a BreizhCrops-layout parcel dataset from imagery and parcel polygons",
-                              description="Per-parcel, per-date coverage-weighted band means (exactextract) from a STAC "
-                              "catalog, a folder of GeoTIFF/JP2 files or a NetCDF/Zarr cube, written as a BreizhCrops region "
-                              "(index CSV + HDF5 + classmapping.csv) under --out. Needs the geo extra: pip install \"cropkit[geo]\".")
-    p.add_argument("parcels", help="parcel polygons: GeoPackage, GeoJSON, Shapefile or GeoParquet")
+def add_imagery_options(p: argparse.ArgumentParser, dates_required: bool = True) -> None:
+    "The options that open and clean a cube, shared by `cropkit extract` and `cropkit map`: source, dates, bands, masks, composites."
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--stac", help="STAC API URL or static catalog/collection JSON")
     src.add_argument("--images", help="folder of single-band GeoTIFF/JP2 files named by band and date")
@@ -26,8 +21,8 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--prefix", default=None, help="--cube: prefix stripped from variable names (e.g. S2-L2A-)")
     p.add_argument("--resolution", type=float, default=None, help="--stac: output resolution in CRS units")
     p.add_argument("--crs", default=None, help="--stac: output CRS (default: the items')")
-    p.add_argument("--start", required=True, help="first date, YYYY-MM-DD")
-    p.add_argument("--end", required=True, help="last date, YYYY-MM-DD")
+    p.add_argument("--start", required=dates_required, help="first date, YYYY-MM-DD")
+    p.add_argument("--end", required=dates_required, help="last date, YYYY-MM-DD")
     p.add_argument("--bands", default=None, help="comma-separated bands to read (default: all)")
     p.add_argument("--scl", default=None, help="mask clouds with this Sentinel-2 SCL band (default classes)")
     p.add_argument("--mask-band", default=None, help="mask pixels where this band equals 1 (e.g. CLM)")
@@ -35,6 +30,16 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="cloud-probability threshold")
     p.add_argument("--period", default=None, help="composite per period: month, 10D, 16D ... (default: every acquisition)")
     p.add_argument("--how", default="median", choices=("median", "mean"), help="composite statistic (default median)")
+    p.add_argument("--bbox", default=None, help="only this area: min_lon,min_lat,max_lon,max_lat (WGS84 degrees)")
+
+def add_extract_parser(subparsers) -> argparse.ArgumentParser:
+    "Add the `extract` sub-command and its options to an argparse `subparsers` object."
+    p = subparsers.add_parser("extract", help="build a BreizhCrops-layout parcel dataset from imagery and parcel polygons",
+                              description="Per-parcel, per-date coverage-weighted band means (exactextract) from a STAC "
+                              "catalog, a folder of GeoTIFF/JP2 files or a NetCDF/Zarr cube, written as a BreizhCrops region "
+                              "(index CSV + HDF5 + classmapping.csv) under --out. Needs the geo extra: pip install \"cropkit[geo]\".")
+    p.add_argument("parcels", help="parcel polygons: GeoPackage, GeoJSON, Shapefile or GeoParquet")
+    add_imagery_options(p, dates_required=True)
     p.add_argument("--label-col", default="CODE_CULTU", help="parcel column with the crop code (default CODE_CULTU)")
     p.add_argument("--id-col", default="ID", help="parcel column with the integer parcel id (default ID)")
     p.add_argument("--classmapping", default=None, help="classmapping.csv to use (default: BreizhCrops' if every code is in it, else one class per code)")
@@ -55,15 +60,51 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
 
 def _csv(s): return [x.strip() for x in s.split(",") if x.strip()] if s else None
 
-def cmd_extract(args) -> int:
-    "Run `cropkit extract`: open the imagery, clean, composite, extract the parcels, write the BreizhCrops layout."
+def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
+    "`--bbox` 'min_lon,min_lat,max_lon,max_lat' as four floats; a clear error for anything else."
+    if text is None: return None
+    try: box = tuple(float(v) for v in text.split(","))
+    except ValueError: box = ()
+    if len(box) != 4: raise ValueError(f"--bbox {text!r} must be four numbers: min_lon,min_lat,max_lon,max_lat")
+    x0, y0, x1, y1 = box
+    if not (-180 <= x0 < x1 <= 180 and -90 <= y0 < y1 <= 90):
+        raise ValueError(f"--bbox {text!r} is not min_lon,min_lat,max_lon,max_lat in degrees (min < max, lon within ±180, lat within ±90)")
+    return box
+
+def clip_bbox(cube, bbox, what: str = "the imagery"):
+    "`cube` cut to the lon/lat box `bbox`; an error naming both extents if they do not overlap."
+    try: return cube.rio.clip_box(*bbox, crs="EPSG:4326")
+    except Exception as e:
+        lon_lat = cube.rio.transform_bounds("EPSG:4326")
+        raise ValueError(f"--bbox {bbox} does not overlap {what}, which covers lon/lat {tuple(round(v, 4) for v in lon_lat)} "
+                         f"({type(e).__name__})") from None
+
+def cube_from_args(args, bands=None):
+    "Open (source, dates, `bands` or --bands, --bbox), clean (--scl / --mask-band / --cloud-prob) and composite (--period) a cube."
     import pandas as pd
     from cropkit.geo.cube import open_images, open_netcdf, open_stac, select_time
     from cropkit.geo.clean import clean, composite
+    start = pd.Timestamp(args.start) if args.start else None
+    end = pd.Timestamp(args.end) if args.end else None
+    bands = list(bands) if bands is not None else _csv(args.bands)
+    masks = dict(scl=args.scl, mask_band=args.mask_band, prob_band=args.cloud_prob)
+    if bands is not None: bands += [m for m in masks.values() if m is not None and m not in bands]
+    bbox = parse_bbox(args.bbox)
+    if args.stac: cube = open_stac(args.stac, bands=bands, collection=args.collection, bbox=bbox, start=start, end=end,
+                                   resolution=args.resolution, crs=args.crs)
+    elif args.images: cube = open_images(args.images, args.pattern, bands=bands, start=start, end=end)
+    else: cube = select_time(open_netcdf(args.cube, bands=bands, prefix=args.prefix), start, end, what=args.cube)
+    if bbox is not None and not args.stac: cube = clip_bbox(cube, bbox, args.images or args.cube)
+    if any(v is not None for v in masks.values()): cube = clean(cube, **masks, threshold=args.threshold)
+    if args.period: cube = composite(cube, args.period, how=args.how, start=start, end=end)
+    return cube
+
+def cmd_extract(args) -> int:
+    "Run `cropkit extract`: open the imagery, clean, composite, extract the parcels, write the BreizhCrops layout."
+    import pandas as pd
     from cropkit.geo.extract import extract_parcels, skipped_parcels, write_breizhcrops
     t0 = time.perf_counter()
-    start, end = pd.Timestamp(args.start), pd.Timestamp(args.end)
-    bands = _csv(args.bands)
+    start = pd.Timestamp(args.start)
     band_map = {}
     for tok in _csv(args.band_map) or []:
         if "=" not in tok: raise ValueError(f"malformed --band-map entry {tok!r}: expected COLUMN=BAND, e.g. B8A=B08")
@@ -74,13 +115,7 @@ def cmd_extract(args) -> int:
         try: client = Client(args.scheduler, timeout="20s")
         except Exception as e: raise OSError(f"cannot connect to the dask scheduler {args.scheduler}: {e}") from e
     try:
-        if args.stac: cube = open_stac(args.stac, bands=bands, collection=args.collection, start=start, end=end,
-                                       resolution=args.resolution, crs=args.crs)
-        elif args.images: cube = open_images(args.images, args.pattern, bands=bands, start=start, end=end)
-        else: cube = select_time(open_netcdf(args.cube, bands=bands, prefix=args.prefix), start, end, what=args.cube)
-        masks = dict(scl=args.scl, mask_band=args.mask_band, prob_band=args.cloud_prob, threshold=args.threshold)
-        if any(v is not None for k, v in masks.items() if k != "threshold"): cube = clean(cube, **masks)
-        if args.period: cube = composite(cube, args.period, how=args.how, start=start, end=end)
+        cube = cube_from_args(args)
         ds = extract_parcels(cube, args.parcels, args.id_col, args.label_col, buffer=args.buffer, partial=args.partial,
                              workers=args.workers, progress=not args.quiet)
     finally:

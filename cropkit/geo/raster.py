@@ -16,7 +16,7 @@ from ..evaluate.area import check_output
 # %% auto #0
 __all__ = ['GEO_INSTALL', 'UNCERTAINTY_METHODS', 'atomic_path', 'windows', 'pixel_area_ha', 'MapInfo', 'default_colors',
            'write_class_map', 'map_info', 'read_class_map', 'uncertainty', 'write_probabilities', 'write_uncertainty',
-           'write_map_products', 'read_probabilities', 'class_areas']
+           'write_map_products', 'product_paths', 'class_codes', 'read_probabilities', 'class_areas']
 
 # %% ../../nbs/45_geo.raster.ipynb #70075bc2
 GEO_INSTALL = 'pip install "cropkit[geo]"'
@@ -326,26 +326,44 @@ def write_uncertainty(path: str | os.PathLike, probs, method: str = "entropy", *
 
 def write_map_products(stem: str | os.PathLike, probs, names: Sequence[str], *, crs=None, transform=None, colors=None,
                        codes: Sequence[int] | None = None, method: str = "entropy", blocksize: int = 512,
-                       overwrite: bool = False) -> dict[str, Path]:
-    "Write `<stem>_class.tif` (arg-max), `<stem>_probs.tif` and `<stem>_uncertainty.tif` from a probability cube."
+                       overwrite: bool = False, classes=None) -> dict[str, Path]:
+    """Write `<stem>_class.tif` (arg-max, or the given `classes` map), `<stem>_probs.tif` and `<stem>_uncertainty.tif`
+    from a probability cube; a `stem` ending in .tif names the class map itself (`map.tif`, `map_probs.tif`, ...).
+    All or none: if one product fails, those already written by this call are removed."""
     arr, own_crs, own_transform = _as_array(probs, 3, "the probability cube")
     crs, transform = _grid(crs, transform, own_crs, own_transform, "the probability cube")
     codes = list(range(len(names))) if codes is None else [int(c) for c in codes]
     if len(codes) != len(names): raise ValueError(f"{len(codes)} codes for {len(names)} classes")
-    stem = Path(stem)
-    paths = {k: stem.with_name(f"{stem.name}_{k}.tif") for k in ("class", "probs", "uncertainty")}
+    paths = product_paths(stem)
     for k, p in paths.items(): check_output(p, overwrite, f"{k} map")     # refuse before writing anything
-    lut = np.asarray(codes)
+    if classes is None: classes = class_codes(arr, codes)
+    kw = dict(crs=crs, transform=transform, blocksize=blocksize, overwrite=overwrite)
+    done = []
+    try:
+        done.append(write_class_map(paths["class"], classes, dict(zip(codes, names)), colors=colors, **kw))
+        done.append(write_probabilities(paths["probs"], arr, names, **kw))
+        done.append(write_uncertainty(paths["uncertainty"], arr, method, **kw))
+    except BaseException:
+        _remove(*done)
+        raise
+    return paths
+
+def product_paths(stem: str | os.PathLike) -> dict[str, Path]:
+    "Paths of the class map, probability cube and uncertainty band of `write_map_products(stem, ...)`."
+    stem = Path(stem)
+    if stem.suffix.lower() in (".tif", ".tiff"):
+        return {"class": stem, **{k: stem.with_name(f"{stem.stem}_{k}{stem.suffix}") for k in ("probs", "uncertainty")}}
+    return {k: stem.with_name(f"{stem.name}_{k}.tif") for k in ("class", "probs", "uncertainty")}
+
+def class_codes(probs, codes: Sequence[int] | None = None):
+    "The arg-max class code (from `codes`, default 0..k-1) of a (class, y, x) probability cube; -1 where a pixel is NaN."
+    arr = probs.data if hasattr(probs, "dims") else probs
+    lut = np.asarray(range(arr.shape[0]) if codes is None else codes)
     def argmax(b):
         b = np.asarray(b, np.float64)
         return np.where(np.isfinite(b).all(0), lut[np.nan_to_num(b, nan=-1).argmax(0)], -1)
-    classes = arr.map_blocks(argmax, drop_axis=0, dtype=np.int64) if hasattr(arr, "compute") and arr.numblocks[0] == 1 else \
-              (argmax(arr.compute()) if hasattr(arr, "compute") else argmax(arr))
-    kw = dict(crs=crs, transform=transform, blocksize=blocksize, overwrite=overwrite)
-    write_class_map(paths["class"], classes, dict(zip(codes, names)), colors=colors, **kw)
-    write_probabilities(paths["probs"], arr, names, **kw)
-    write_uncertainty(paths["uncertainty"], arr, method, **kw)
-    return paths
+    if hasattr(arr, "compute") and arr.numblocks[0] == 1: return arr.map_blocks(argmax, drop_axis=0, dtype=np.int64)
+    return argmax(arr.compute() if hasattr(arr, "compute") else arr)
 
 # %% ../../nbs/45_geo.raster.ipynb #e42d9e99
 def read_probabilities(path: str | os.PathLike, scale: float | None = None, window=None) -> tuple[np.ndarray, list[str]]:
