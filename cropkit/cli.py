@@ -8,13 +8,14 @@ import argparse, dataclasses, json, os, re, sys, time
 from pathlib import Path
 
 from .geo.extract_cli import add_extract_parser, cmd_extract
+from .geo.map_cli import add_map_parser, cmd_map
 from .evaluate.area import add_assess_parser, cmd_assess, add_sample_design_parser, cmd_sample_design
 
 # %% auto #0
 __all__ = ['DATASETS', 'VICTORIA_MODES', 'BASELINES', 'USER_ERRORS', 'COMMANDS', 'CLIError', 'parse_value',
            'parse_hyperparameters', 'build_parser', 'load_splits', 'resolve_model_name', 'recipe_from_args',
            'format_scores', 'data_report', 'split_line', 'data_manifest', 'cmd_train', 'load_trained_model',
-           'cmd_evaluate', 'cmd_tune', 'summary_table', 'cmd_data', 'cmd_recipes', 'cmd_h2crop', 'main']
+           'cmd_evaluate', 'cmd_predict', 'cmd_tune', 'summary_table', 'cmd_data', 'cmd_recipes', 'cmd_h2crop', 'main']
 
 # %% ../nbs/60_cli.ipynb #d1445f1a
 class CLIError(Exception):
@@ -155,6 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
     s = dsub.add_parser("summary", help="samples per class and split, bands, series length")
     _data_options(s)
 
+    pr = sub.add_parser("predict", help="classes and probabilities of series (a dataset or a table) with a checkpoint",
+                        description="Predict the class of every series of a dataset split (--dataset/--root/--mode, default "
+                        "the test split) or of a table of series (--csv: one row per series and date, one column per "
+                        "band) with a checkpoint of cropkit train, applying its band order, normalisation and indices. "
+                        "Writes a CSV: checkpoint, checkpoint_sha256, sample, field_id, y_true (-1: no label), y_pred, "
+                        "class, confidence and one score_ column per class.")
+    pr.add_argument("checkpoint", help="best.pt / last.pt written by cropkit train, or random_forest.skops")
+    pr.add_argument("--csv", default=None, help="table of series to predict instead of a dataset (long format: id, date, bands)")
+    pr.add_argument("--id-col", default="id", help="--csv: series id column (default id)")
+    pr.add_argument("--time-col", default="date", help="--csv: column ordering each series (default date)")
+    pr.add_argument("--label-col", default=None, help="--csv: optional column of class names, to score the predictions")
+    pr.add_argument("--split", default="test", choices=("train", "valid", "test"), help="dataset split to predict (default test)")
+    _data_options(pr); _run_options(pr)
+    pr.add_argument("--out", "-o", required=True, help="predictions CSV to write")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
     r = sub.add_parser("recipes", help="list the default training recipes")
     r.add_argument("--dataset", default=None, choices=DATASETS, help="only this dataset")
 
@@ -163,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(see `cropkit h2crop --help`).", add_help=False)
     h.add_argument("h2crop_args", nargs=argparse.REMAINDER, help="train|test|configs and their options")
     add_extract_parser(sub)
+    add_map_parser(sub)
     add_assess_parser(sub); add_sample_design_parser(sub)
     return parser
 
@@ -444,18 +462,10 @@ def cmd_train(args) -> int:
 
 # %% ../nbs/60_cli.ipynb #c3608528
 def load_trained_model(path, device=None):
-    "(model in eval mode, checkpoint dict) of a checkpoint written by `cropkit.train` or `save_model`."
-    from cropkit.train.engine import load_checkpoint
-    from cropkit.models.registry import get_model
-    from cropkit.core import get_device
-    ck = load_checkpoint(path)
-    missing = [k for k in ("name", "hparams", "input_dim", "num_classes", "sequencelength") if k not in ck]
-    if missing: raise CLIError(f"{path} is not a cropkit model checkpoint (no {', '.join(missing)})")
-    try: model = get_model(ck["name"], ck["input_dim"], ck["num_classes"], ck["sequencelength"], **(ck["hparams"] or {}))
-    except ValueError as e: raise CLIError(f"cannot rebuild the model of {path}: {_one_line(e)}") from None
-    try: model.load_state_dict(ck["state_dict"])
-    except RuntimeError as e: raise CLIError(f"the weights in {path} do not fit {ck['name']}: {_one_line(e)}") from None
-    return model.to(get_device(device)).eval(), ck
+    "(model in eval mode, checkpoint metadata) of a checkpoint written by `cropkit.train` or `save_model`."
+    from cropkit.train.inference import load_predictor
+    p = load_predictor(path, device)
+    return p.model, p.meta
 
 def _check_data_fits(ck: dict, data, path) -> None:
     x = data[0][0]
@@ -513,6 +523,39 @@ def cmd_evaluate(args) -> int:
            "mode": splits["mode"], "size": len(data), "elapsed_seconds": round(time.perf_counter() - t0, 3)}
     _write_json(out/f"metrics-{tag}.json", res)
     print(f"{path} on {args.dataset} ({splits['mode']}, {len(data)} series): {format_scores(scores)} -> {out/f'metrics-{tag}.json'}")
+    return 0
+
+def cmd_predict(args) -> int:
+    "`cropkit predict`: class and probabilities of every series of a dataset split or a table, with a checkpoint."
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    if out.suffix != ".csv": raise CLIError(f"--out must name a .csv file, got {out}")
+    if out.exists() and not args.overwrite: raise CLIError(f"{out} already exists; pass --overwrite to replace it")
+    if not out.parent.is_dir(): raise CLIError(f"the folder of --out does not exist: {out.parent}")
+    from cropkit.train.inference import load_predictor
+    predictor = load_predictor(args.checkpoint, args.device, args.batchsize or 4096)
+    if args.csv:
+        from cropkit.data.series import SeriesDataset
+        if predictor.bands is None:
+            raise CLIError(f"{args.checkpoint} records no band names, so the columns of {args.csv} cannot be matched to its bands")
+        data = SeriesDataset.from_table(args.csv, predictor.bands, args.id_col, args.time_col, args.label_col,
+                                        predictor.classes if args.label_col else None)
+        source = str(args.csv)
+    else:
+        splits = load_splits(args.dataset, args.root, args.mode, args.year, args.level, args.preload_ram,
+                             args.valid_fraction, args.seed)
+        data = splits[args.split]
+        if data is None: raise CLIError(f"{args.dataset} mode {splits['mode']!r} has no {args.split} split; valid: "
+                                        f"{[k for k in ('train', 'valid', 'test') if splits[k] is not None]}")
+        source = f"{args.dataset} {splits['mode']} {args.split}"
+    preds = predictor.predict(data)
+    frame = preds.to_frame(predictor.classes)
+    frame.insert(4, "class", [predictor.classes[i] for i in preds.y_pred])
+    frame.insert(5, "confidence", preds.y_score.max(1))
+    _write_predictions(frame, out, Path(args.checkpoint))
+    msg = f"{predictor.name}: {len(preds)} series of {source} predicted"
+    if (preds.y_true >= 0).all(): msg += f"; {format_scores(preds.metrics())}"
+    print(f"{msg} [{time.perf_counter() - t0:.1f} s] -> {out}")
     return 0
 
 # %% ../nbs/60_cli.ipynb #662ddeb7
@@ -592,7 +635,7 @@ def cmd_h2crop(argv: list[str]) -> int:
     return h2crop_main(list(argv), prog="cropkit h2crop")
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "tune": cmd_tune, "data": cmd_data, "recipes": cmd_recipes,
-            "h2crop": cmd_h2crop, "extract": cmd_extract, "assess": cmd_assess, "sample-design": cmd_sample_design}
+            "h2crop": cmd_h2crop, "extract": cmd_extract, "map": cmd_map, "predict": cmd_predict, "assess": cmd_assess, "sample-design": cmd_sample_design}
 
 def main(argv: list[str] | None = None) -> int:
     "Run the `cropkit` command line with `argv` (default `sys.argv[1:]`); return the exit status."

@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse, time
 
 # %% auto #0
-__all__ = ['add_imagery_options', 'add_extract_parser', 'parse_bbox', 'clip_bbox', 'cube_from_args', 'cmd_extract']
+__all__ = ['add_imagery_options', 'add_extract_parser', 'parse_band_map', 'parse_bbox', 'clip_bbox', 'cube_from_args',
+           'cmd_extract']
 
 # %% ../../nbs/43_geo.extract_cli.ipynb #352211b7
 def add_imagery_options(p: argparse.ArgumentParser, dates_required: bool = True) -> None:
@@ -30,6 +31,7 @@ def add_imagery_options(p: argparse.ArgumentParser, dates_required: bool = True)
     p.add_argument("--threshold", type=float, default=None, help="cloud-probability threshold")
     p.add_argument("--period", default=None, help="composite per period: month, 10D, 16D ... (default: every acquisition)")
     p.add_argument("--how", default="median", choices=("median", "mean"), help="composite statistic (default median)")
+    p.add_argument("--nodata", type=float, default=None, help="value that marks missing data in the imagery (e.g. 65535), masked like clouds")
     p.add_argument("--bbox", default=None, help="only this area: min_lon,min_lat,max_lon,max_lat (WGS84 degrees)")
 
 def add_extract_parser(subparsers) -> argparse.ArgumentParser:
@@ -60,6 +62,14 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
 
 def _csv(s): return [x.strip() for x in s.split(",") if x.strip()] if s else None
 
+def parse_band_map(text: str | None) -> dict[str, str]:
+    "`--band-map` 'B8A=B08,B1=B02' as {'B8A': 'B08', 'B1': 'B02'}; a clear error for a malformed entry."
+    band_map = {}
+    for tok in _csv(text) or []:
+        if "=" not in tok: raise ValueError(f"malformed --band-map entry {tok!r}: expected NAME=BAND, e.g. B8A=B08")
+        k, v = tok.split("=", 1); band_map[k.strip()] = v.strip()
+    return band_map
+
 def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
     "`--bbox` 'min_lon,min_lat,max_lon,max_lat' as four floats; a clear error for anything else."
     if text is None: return None
@@ -81,21 +91,26 @@ def clip_bbox(cube, bbox, what: str = "the imagery"):
 
 def cube_from_args(args, bands=None):
     "Open (source, dates, `bands` or --bands, --bbox), clean (--scl / --mask-band / --cloud-prob) and composite (--period) a cube."
+    import warnings
     import pandas as pd
     from cropkit.geo.cube import open_images, open_netcdf, open_stac, select_time
     from cropkit.geo.clean import clean, composite
+    for msg in ("All-NaN slice encountered", "Mean of empty slice"):     # fully clouded periods: NaN, filled or masked later
+        warnings.filterwarnings("ignore", message=msg, category=RuntimeWarning)
     start = pd.Timestamp(args.start) if args.start else None
     end = pd.Timestamp(args.end) if args.end else None
     bands = list(bands) if bands is not None else _csv(args.bands)
     masks = dict(scl=args.scl, mask_band=args.mask_band, prob_band=args.cloud_prob)
     if bands is not None: bands += [m for m in masks.values() if m is not None and m not in bands]
+    nodata = getattr(args, "nodata", None)
     bbox = parse_bbox(args.bbox)
     if args.stac: cube = open_stac(args.stac, bands=bands, collection=args.collection, bbox=bbox, start=start, end=end,
                                    resolution=args.resolution, crs=args.crs)
     elif args.images: cube = open_images(args.images, args.pattern, bands=bands, start=start, end=end)
     else: cube = select_time(open_netcdf(args.cube, bands=bands, prefix=args.prefix), start, end, what=args.cube)
     if bbox is not None and not args.stac: cube = clip_bbox(cube, bbox, args.images or args.cube)
-    if any(v is not None for v in masks.values()): cube = clean(cube, **masks, threshold=args.threshold)
+    if any(v is not None for v in masks.values()) or nodata is not None:
+        cube = clean(cube, **masks, threshold=args.threshold, nodata=nodata)
     if args.period: cube = composite(cube, args.period, how=args.how, start=start, end=end)
     return cube
 
@@ -105,10 +120,7 @@ def cmd_extract(args) -> int:
     from cropkit.geo.extract import extract_parcels, skipped_parcels, write_breizhcrops
     t0 = time.perf_counter()
     start = pd.Timestamp(args.start)
-    band_map = {}
-    for tok in _csv(args.band_map) or []:
-        if "=" not in tok: raise ValueError(f"malformed --band-map entry {tok!r}: expected COLUMN=BAND, e.g. B8A=B08")
-        k, v = tok.split("=", 1); band_map[k.strip()] = v.strip()
+    band_map = parse_band_map(args.band_map)
     client = None
     if args.scheduler:
         from dask.distributed import Client
