@@ -133,17 +133,22 @@ def test_slovenia_cloud_masked_ndvi_composites(tmp_path, capsys):
     cube = composite(clean(open_eopatch(SLO, ["data/NDVI", "mask/CLM"]), mask_band="CLM"), "month")
     polygons = data_path("eolearn_slovenia", "vector_timeless", "LULC.gpkg")
     lulc = gpd.read_file(polygons)
-    label_col = "lulc_name" if "lulc_name" in lulc.columns else [c for c in lulc.columns if c not in ("geometry",)][0]
     lulc["pid"] = np.arange(len(lulc))
     lulc.to_file(tmp_path / "lulc.gpkg", layer="lulc")
-    ds = extract_parcels(cube, tmp_path / "lulc.gpkg", "pid", label_col)
+    ds = extract_parcels(cube, tmp_path / "lulc.gpkg", "pid", "LULC_NAME")
     data = SeriesDataset.from_extracted(ds, dropna=True)
+    assert len(data) == 62 and set(data.classes) <= set(lulc.LULC_NAME)     # 26 polygons reach outside the patch
     train_recipe(SMALL, data, logdir=tmp_path / "run", device="cpu", seed=0)
     code, text, err = run(capsys, ["map", tmp_path / "run" / "last.pt", "--images", tmp_path / "none", "--out", tmp_path / "x.tif"])
     assert code == 2 and "none" in err                        # a missing folder is named
     p = load_predictor(tmp_path / "run" / "last.pt", "cpu")
-    from cropkit.geo.classify import map_cube
+    from cropkit.geo.classify import classify_cube, map_cube, parcel_map
     out = map_cube(p, cube, tmp_path / "slo.tif", scale=1.0)
     rep = json.loads(out["report"].read_text())
     assert rep["shape"] == [101, 100] and rep["dates"][0].endswith("-01")
+    # the map, averaged over each polygon, gives back most of the land-use labels it was trained on
+    fields = parcel_map(tmp_path / "lulc.gpkg", "pid", probs=classify_cube(p, cube, scale=1.0))
+    truth = lulc.set_index("pid").loc[fields["pid"], "LULC_NAME"].to_numpy()
+    majority = pd.Series(truth).value_counts(normalize=True).iloc[0]
+    assert (fields["class"].to_numpy() == truth).mean() > majority, majority
     assert sum(rep["mapped_pixels"].values()) + rep["nodata_pixels"] == 101 * 100
