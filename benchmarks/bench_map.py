@@ -55,14 +55,14 @@ def main():
     ap.add_argument("--size", type=int, default=2048, help="scene side in pixels (the issue asks for >= 5000)")
     ap.add_argument("--dates", type=int, default=24)
     ap.add_argument("--bands", type=int, default=10)
-    ap.add_argument("--chunk", type=int, default=512)
+    ap.add_argument("--chunk", type=int, default=256, help="spatial chunk side (cropkit map opens imagery with 256 for 24 x 10)")
     ap.add_argument("--models", nargs="+", default=["TempCNN", "RandomForest"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--naive-pixels", type=int, default=500)
     ap.add_argument("--batch-pixels", type=int, default=16384)
     args = ap.parse_args()
     from cropkit.geo.classify import map_cube
-    cube = synthetic_cube(args.dates, args.bands, args.size, args.chunk).chunk({"time": -1})
+    cube = synthetic_cube(args.dates, args.bands, args.size, args.chunk)
     print(f"scene {args.size} x {args.size} px x {args.dates} dates x {args.bands} bands, chunks {args.chunk}, device {args.device}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

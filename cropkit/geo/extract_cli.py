@@ -89,8 +89,8 @@ def clip_bbox(cube, bbox, what: str = "the imagery"):
         raise ValueError(f"--bbox {bbox} does not overlap {what}, which covers lon/lat {tuple(round(v, 4) for v in lon_lat)} "
                          f"({type(e).__name__})") from None
 
-def cube_from_args(args, bands=None):
-    "Open (source, dates, `bands` or --bands, --bbox), clean (--scl / --mask-band / --cloud-prob) and composite (--period) a cube."
+def cube_from_args(args, bands=None, chunks=None):
+    "Open (source, dates, `bands` or --bands, --bbox; dask `chunks`), clean (--scl / --mask-band / --cloud-prob / --nodata) and composite (--period) a cube."
     import warnings
     import pandas as pd
     from cropkit.geo.cube import open_images, open_netcdf, open_stac, select_time
@@ -104,10 +104,11 @@ def cube_from_args(args, bands=None):
     if bands is not None: bands += [m for m in masks.values() if m is not None and m not in bands]
     nodata = getattr(args, "nodata", None)
     bbox = parse_bbox(args.bbox)
+    kw = {} if chunks is None else {"chunks": chunks}
     if args.stac: cube = open_stac(args.stac, bands=bands, collection=args.collection, bbox=bbox, start=start, end=end,
-                                   resolution=args.resolution, crs=args.crs)
-    elif args.images: cube = open_images(args.images, args.pattern, bands=bands, start=start, end=end)
-    else: cube = select_time(open_netcdf(args.cube, bands=bands, prefix=args.prefix), start, end, what=args.cube)
+                                   resolution=args.resolution, crs=args.crs, **kw)
+    elif args.images: cube = open_images(args.images, args.pattern, bands=bands, start=start, end=end, **kw)
+    else: cube = select_time(open_netcdf(args.cube, bands=bands, prefix=args.prefix, **kw), start, end, what=args.cube)
     if bbox is not None and not args.stac: cube = clip_bbox(cube, bbox, args.images or args.cube)
     if any(v is not None for v in masks.values()) or nodata is not None:
         cube = clean(cube, **masks, threshold=args.threshold, nodata=nodata)
