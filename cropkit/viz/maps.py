@@ -19,7 +19,7 @@ __all__ = ['VIZ_INSTALL', 'IMAGE_SUFFIXES', 'ID_CANDIDATES', 'OTHER', 'OTHER_COL
            'add_breizhcrops_classes', 'rpg_parcels', 'class_colors', 'prediction_table', 'attach_predictions',
            'sparkline_svg', 'ndvi_lookup', 'legend_html', 'add_legend', 'base_map', 'rgba_uint8', 'check_bounds',
            'popup_html', 'color_parcels', 'parcel_map', 'points_to_geodataframe', 'points_map', 'parcel_figure',
-           'level_map', 'level_legend', 'label_image', 'label_comparison', 'label_overlay']
+           'level_map', 'level_legend', 'label_image', 'label_comparison', 'label_overlay', 'map_overlay']
 
 # %% ../../nbs/50_viz.maps.ipynb #cbc17798
 VIZ_INSTALL = 'pip install "cropkit[viz]"'
@@ -691,5 +691,55 @@ def label_overlay(label_map, bounds, taxonomy=None, level: int = 4, *, m=None, o
     folium.raster_layers.ImageOverlay(rgba, bounds=bounds, opacity=opacity, name=name, pixelated=True,
                                       mercator_project=mercator_project).add_to(m)
     if legend: add_legend(m, name, level_legend(arr, tax, level, max_legend))
+    if new: m.fit_bounds(bounds)
+    return m
+
+# %% ../../nbs/50_viz.maps.ipynb #63a52107
+def _warp_to_lonlat(path, max_side: int):
+    "(band 1 in EPSG:4326 as float with NaN for no-data, [[south, west], [north, east]], the file's tags)."
+    rasterio = require_viz("rasterio", "map overlays (pip install \"cropkit[geo]\")")
+    from rasterio import warp
+    path = require_file(path, "map GeoTIFF")
+    with rasterio.open(path) as src:
+        if src.crs is None: raise ValueError(f"{path} has no CRS: it cannot be placed on a map")
+        transform, w, h = warp.calculate_default_transform(src.crs, "EPSG:4326", src.width, src.height, *src.bounds)
+        f = max(1.0, max(w, h) / max_side)
+        w, h = max(1, int(round(w / f))), max(1, int(round(h / f)))
+        west, south, east, north = warp.transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+        transform = rasterio.transform.from_bounds(west, south, east, north, w, h)
+        data = src.read(1, masked=True).astype(np.float64).filled(np.nan)
+        out = np.full((h, w), np.nan)
+        warp.reproject(data, out, src_transform=src.transform, src_crs=src.crs, dst_transform=transform,
+                       dst_crs="EPSG:4326", resampling=warp.Resampling.nearest, src_nodata=np.nan, dst_nodata=np.nan)
+        return out, [[south, west], [north, east]], src.tags(), src.scales[0]
+
+def map_overlay(path, *, m=None, opacity: float = 0.8, name: str | None = None, legend: bool = True,
+                max_side: int = 2048, tiles: str | None = None, attr: str | None = None, width="100%", height=450):
+    "Folium map (new, or `m`) with a class map or uncertainty GeoTIFF of `cropkit map` as an image overlay, in lon/lat."
+    folium = require_viz("folium", "map overlays")
+    arr, bounds, tags, scale = _warp_to_lonlat(path, max_side)
+    product = tags.get("CROPKIT_PRODUCT", "class")
+    valid = np.isfinite(arr)
+    rgba = np.zeros(arr.shape + (4,), np.uint8)
+    if product == "class":
+        names = {int(k): v for k, v in json.loads(tags.get("CLASS_NAMES", "{}")).items()}
+        colors = {int(k): v for k, v in json.loads(tags.get("CLASS_COLORS", "{}")).items()}
+        codes = np.where(valid, arr, -1).astype(np.int64)
+        entries = []
+        for k in sorted(set(np.unique(codes[valid]).tolist())):
+            hexc = colors.get(k, "#888888")
+            rgba[codes == k] = [int(hexc[i:i + 2], 16) for i in (1, 3, 5)] + [255]
+            entries.append((names.get(k, str(k)), hexc, f"{100 * (codes == k).sum() / max(valid.sum(), 1):.1f}%"))
+        title = name or "classes"
+    else:
+        u = np.clip(np.where(valid, arr * (scale or 1 / 255), 0), 0, 1)
+        rgba[..., 0], rgba[..., 1], rgba[..., 2] = 255, np.round(255 * (1 - u)), np.round(255 * (1 - u))
+        rgba[..., 3] = np.where(valid, 255, 0)
+        entries, title = [("certain (0)", "#ffffff"), ("uncertain (1)", "#ff0000")], name or product
+    new = m is None
+    m = base_map(tiles, attr, None, width, height) if new else m
+    folium.raster_layers.ImageOverlay(rgba, bounds=bounds, opacity=opacity, name=title, pixelated=True,
+                                      mercator_project=True).add_to(m)
+    if legend: add_legend(m, title, entries)
     if new: m.fit_bounds(bounds)
     return m
