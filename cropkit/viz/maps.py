@@ -694,7 +694,7 @@ def label_overlay(label_map, bounds, taxonomy=None, level: int = 4, *, m=None, o
     if new: m.fit_bounds(bounds)
     return m
 
-# %% ../../nbs/50_viz.maps.ipynb #63a52107
+# %% ../../nbs/50_viz.maps.ipynb #6e71c7e8
 def _warp_to_lonlat(path, max_side: int):
     "(band 1 in EPSG:4326 as float with NaN for no-data, [[south, west], [north, east]], the file's tags)."
     rasterio = require_viz("rasterio", "map overlays (pip install \"cropkit[geo]\")")
