@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .geo.extract_cli import add_extract_parser, cmd_extract
 from .geo.map_cli import add_map_parser, cmd_map
+from .geo.workflow import add_workflow_parser, cmd_workflow
 from .evaluate.area import add_assess_parser, cmd_assess, add_sample_design_parser, cmd_sample_design
 
 # %% auto #0
@@ -181,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("h2crop_args", nargs=argparse.REMAINDER, help="train|test|configs and their options")
     add_extract_parser(sub)
     add_map_parser(sub)
+    add_workflow_parser(sub)
     add_assess_parser(sub); add_sample_design_parser(sub)
     return parser
 
@@ -635,7 +637,7 @@ def cmd_h2crop(argv: list[str]) -> int:
     return h2crop_main(list(argv), prog="cropkit h2crop")
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "tune": cmd_tune, "data": cmd_data, "recipes": cmd_recipes,
-            "h2crop": cmd_h2crop, "extract": cmd_extract, "map": cmd_map, "predict": cmd_predict, "assess": cmd_assess, "sample-design": cmd_sample_design}
+            "h2crop": cmd_h2crop, "extract": cmd_extract, "map": cmd_map, "predict": cmd_predict, "workflow": cmd_workflow, "assess": cmd_assess, "sample-design": cmd_sample_design}
 
 def main(argv: list[str] | None = None) -> int:
     "Run the `cropkit` command line with `argv` (default `sys.argv[1:]`); return the exit status."

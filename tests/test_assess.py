@@ -186,3 +186,19 @@ def test_cli_assess_and_sample_design(class_map, tmp_path):
     assert got.groupby("map_class").size().min() >= 10 and got.crs.to_epsg() == 32631
     code, _, err = run(["sample-design", class_map, "--expected-ua", "wheat=0.9", "--out", tmp_path / "p2.gpkg"])
     assert code == 2 and "expected_ua must give one value per class" in err and not (tmp_path / "p2.gpkg").exists()
+
+
+def test_class_the_map_never_shows(tmp_path):
+    "A map that declares grass but shows none: grass samples still count, and grass gets an area from the other strata."
+    c = np.zeros((60, 60), int)
+    c[30:, :] = 1
+    path = write_class_map(tmp_path / "nograss.tif", c, NAMES, crs="EPSG:32631", transform=TF)
+    ref = samples([("wheat", (5, 5)), ("wheat", (6, 6)), ("grass", (7, 7)), ("maize", (40, 5)), ("maize", (41, 5)),
+                   ("grass", (50, 50))])
+    acc = assess(path, ref, "crop")
+    assert acc.classes == ["wheat", "maize", "grass"]
+    assert acc.mapped_area_ha["grass"] == 0 and np.isnan(acc.users_accuracy["grass"])
+    # grass: 1 of the 3 wheat-stratum samples and 1 of the 3 maize-stratum samples, each stratum half of 36 ha
+    assert acc.area_ha["grass"] == pytest.approx(36 * (0.5 / 3 + 0.5 / 3))
+    assert acc.area_ha.sum() == pytest.approx(36.0)
+    assert acc.overall_accuracy == pytest.approx(0.5 * 2 / 3 + 0.5 * 2 / 3)

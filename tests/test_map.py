@@ -153,3 +153,30 @@ def test_slovenia_cloud_masked_ndvi_composites(tmp_path, capsys):
     majority = pd.Series(truth).value_counts(normalize=True).iloc[0]
     assert (fields["class"].to_numpy() == truth).mean() > majority, majority
     assert sum(rep["mapped_pixels"].values()) + rep["nodata_pixels"] == 101 * 100
+
+
+def test_workflow_main_job_as_in_the_readme(tmp_path, capsys, monkeypatch):
+    "The README's main command (fewer epochs), run in a fresh folder: the files it names and the figures it prints."
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    line = next(l for l in readme.splitlines() if "cropkit workflow" in l and l.startswith("python3 -m venv"))
+    argv = line.split("&& cropkit ", 1)[1].split()
+    assert argv[0] == "workflow"
+    root = Path(__file__).resolve().parent.parent
+    argv = [str(root / a) if a.startswith("data/") else a for a in argv]
+    monkeypatch.chdir(tmp_path)
+    code, text, err = run(capsys, argv + ["--epochs", "5", "-q", "--device", "cpu"])
+    assert code == 0, err
+    out = tmp_path / "runs" / "slovenia"
+    for name in ("map.tif", "map_probs.tif", "map_uncertainty.tif", "map.json", "fields.gpkg", "accuracy.json", "summary.json",
+                 "model/last.pt"):
+        assert (out / name).exists(), name
+    assert "polygons: 88 (4 without a class dropped)" in text and "held-out fields: accuracy" in text
+    assert re.search(r"overall accuracy 0\.\d+ ± 0\.\d+ \(95 % CI", text), text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trained_on"] == "32 pixels per field" and abs(sum(summary["mapped_area_ha"].values()) - 100.92) < 0.01
+    # a second run into the same folder is refused before any work, and leaves it as it was
+    before = sorted(p.name for p in out.iterdir())
+    code, _, err = run(capsys, argv + ["-q"])
+    assert code == 2 and "is not empty" in err and sorted(p.name for p in out.iterdir()) == before

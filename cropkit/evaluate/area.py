@@ -164,12 +164,14 @@ def area_accuracy(counts, mapped_area, classes: Sequence[str] | None = None, pix
         if not (np.isfinite(pixel_area_ha) and pixel_area_ha > 0): raise ValueError(f"pixel_area_ha must be > 0, got {pixel_area_ha}")
         area = area * float(pixel_area_ha)
     if not (np.isfinite(z) and z > 0): raise ValueError(f"z must be > 0, got {z}")
-    zero = [c for c, a in zip(classes, area) if a == 0]
-    if zero:
-        raise ValueError(f"classes {zero} have zero mapped area: every class of the error matrix must be a map class "
-                         "(stratum) with area > 0; merge a reference-only class into a map class or drop it")
     ni = n.sum(1)
-    empty = [c for c, k in zip(classes, ni) if k == 0]
+    zero = [c for c, a, k in zip(classes, area, ni) if a == 0 and k > 0]
+    if zero:
+        raise ValueError(f"classes {zero} have zero mapped area but map samples: a sample mapped as a class must lie on "
+                         "a mapped pixel of it; check the counts and the areas")
+    if not (area > 0).any(): raise ValueError("the map has no mapped area")
+    absent = area == 0                                  # reference-only classes: no stratum, weight 0, no samples needed
+    empty = [c for c, k, z0 in zip(classes, ni, absent) if k == 0 and not z0]
     if empty: raise ValueError(f"map classes {empty} have no sample (their row of the error matrix is empty); every "
                                "stratum needs reference samples (see sampling_design)")
     single = [c for c, k in zip(classes, ni) if k == 1]
@@ -177,12 +179,13 @@ def area_accuracy(counts, mapped_area, classes: Sequence[str] | None = None, pix
                              "standard errors that involve them are NaN")
     total = area.sum()
     W = area / total
+    ni = np.where(absent, 1, ni)                                # absent strata: rows of zeros, any divisor
     with np.errstate(divide="ignore", invalid="ignore"):
-        dof = np.where(ni > 1, ni - 1, np.nan)                  # n_i. - 1, NaN for single-sample strata
+        dof = np.where(absent, np.inf, np.where(ni > 1, ni - 1, np.nan))   # n_i. - 1, NaN for single-sample strata
         p = W[:, None] * n / ni[:, None]                        # eq. 4
-        U = np.diag(n) / ni                                     # eq. 2
+        U = np.where(absent, np.nan, np.diag(n) / ni)           # eq. 2 (undefined for a class with no mapped area)
         oa = np.trace(p)                                        # eq. 1
-        oa_var = np.sum(W**2 * U * (1 - U) / dof)               # eq. 5
+        oa_var = np.sum(np.where(absent, 0.0, W**2 * U * (1 - U) / dof))   # eq. 5
         U_var = U * (1 - U) / dof                               # eq. 6
         pk = p.sum(0)                                           # eq. 9
         P = np.diag(p) / pk                                     # eq. 3 (NaN for a class without reference samples)
@@ -191,7 +194,8 @@ def area_accuracy(counts, mapped_area, classes: Sequence[str] | None = None, pix
         frac = n / ni[:, None]
         off = (area[:, None]**2 * frac * (1 - frac) / dof[:, None])
         off_sum = off.sum(0) - np.diag(off)                     # sum over i != j
-        P_var = (area**2 * (1 - P)**2 * U * (1 - U) / dof + P**2 * off_sum) / Nj**2   # eq. 7
+        own = np.where(absent, 0.0, area**2 * (1 - P)**2 * U * (1 - U) / dof)
+        P_var = (own + P**2 * off_sum) / Nj**2                  # eq. 7
     idx, mk = pd.Index(classes, name="class"), (lambda v: pd.Series(np.asarray(v, np.float64), index=idx))
     return AreaAccuracy(classes=classes,
                         counts=pd.DataFrame(n.astype(np.int64), index=pd.Index(classes, name="map"), columns=pd.Index(classes, name="reference")),
@@ -389,8 +393,10 @@ def assess(map_path: str | os.PathLike, reference, label_col: str, *, lon_col: s
         ref = ref.to_crs(src.crs)
         values, inside = _sample_points(src, list(ref.geometry), polygons)
         nodata = inside & (values == src.nodata) if src.nodata is not None else np.zeros(len(ref), bool)
-    areas = class_areas(map_path, names if names is not None else info.names)
-    table = dict(zip(areas.index.tolist(), areas["name"].tolist()))
+    declared = names if names is not None else info.names
+    areas = class_areas(map_path, declared)
+    table = dict(sorted({**{int(k): str(v) for k, v in (declared or {}).items()},       # classes the map declares but
+                         **dict(zip(areas.index.tolist(), areas["name"].tolist()))}.items()))   # may not show
     used = inside & ~nodata
     n_out, n_nd = int((~inside).sum()), int(nodata.sum())
     samples = {"total": len(ref), "used": int(used.sum()), "outside_map": n_out, "on_nodata": n_nd}
@@ -401,10 +407,15 @@ def assess(map_path: str | os.PathLike, reference, label_col: str, *, lon_col: s
         warnings.warn(f"{n_out} of {len(ref)} reference samples fall outside the map {map_path.name} and {n_nd} on no-data "
                       "pixels; they are left out of the error matrix (see the report's 'samples')")
     ref_idx = _match_labels(ref.loc[used, "label"], table)
+    codes = list(table)
+    seen = sorted(set(areas.index.tolist()) | {codes[i] for i in np.unique(ref_idx)})   # mapped or in the reference
+    table = {c: table[c] for c in seen}
+    ref_idx = np.array([seen.index(codes[i]) for i in ref_idx])
     map_idx = pd.Series(values[used]).map({c: i for i, c in enumerate(table)}).to_numpy()
     classes = list(table.values())
     counts = error_matrix(map_idx, ref_idx, classes)
-    acc = area_accuracy(counts, areas["area_ha"].to_numpy(), classes, z=z)
+    mapped = dict(zip(areas.index.tolist(), areas["area_ha"].tolist()))
+    acc = area_accuracy(counts, np.array([mapped.get(c, 0.0) for c in table]), classes, z=z)
     rows = np.unique(np.round(pixel_area_ha(info.crs, info.transform, info.height), 12))
     acc.info = {"samples": samples, "map": str(map_path), "reference": str(reference) if isinstance(reference, (str, os.PathLike)) else type(reference).__name__,
                 "label_column": label_col, "crs": info.crs.to_string(), "polygon_sampling": polygons,

@@ -17,8 +17,10 @@ def add_imagery_options(p: argparse.ArgumentParser, dates_required: bool = True)
     src.add_argument("--stac", help="STAC API URL or static catalog/collection JSON")
     src.add_argument("--images", help="folder of single-band GeoTIFF/JP2 files named by band and date")
     src.add_argument("--cube", help="NetCDF file or Zarr store with one (time, y, x) variable per band")
+    src.add_argument("--eopatch", help="eo-learn EOPatch folder (data/*.npy, mask/*.npy, bbox.geojson, timestamps.json)")
     p.add_argument("--collection", help="STAC collection")
     p.add_argument("--pattern", default="*_{band}_{date}.*", help="--images: file-name template with {band} and {date} (default '*_{band}_{date}.*')")
+    p.add_argument("--features", default="data/NDVI,mask/CLM", help="--eopatch: features to read (default data/NDVI,mask/CLM)")
     p.add_argument("--prefix", default=None, help="--cube: prefix stripped from variable names (e.g. S2-L2A-)")
     p.add_argument("--resolution", type=float, default=None, help="--stac: output resolution in CRS units")
     p.add_argument("--crs", default=None, help="--stac: output CRS (default: the items')")
@@ -93,7 +95,7 @@ def cube_from_args(args, bands=None, chunks=None):
     "Open (source, dates, `bands` or --bands, --bbox; dask `chunks`), clean (--scl / --mask-band / --cloud-prob / --nodata) and composite (--period) a cube."
     import warnings
     import pandas as pd
-    from cropkit.geo.cube import open_images, open_netcdf, open_stac, select_time
+    from cropkit.geo.cube import open_eopatch, open_images, open_netcdf, open_stac, select_bands, select_time
     from cropkit.geo.clean import clean, composite
     for msg in ("All-NaN slice encountered", "Mean of empty slice"):     # fully clouded periods: NaN, filled or masked later
         warnings.filterwarnings("ignore", message=msg, category=RuntimeWarning)
@@ -108,8 +110,12 @@ def cube_from_args(args, bands=None, chunks=None):
     if args.stac: cube = open_stac(args.stac, bands=bands, collection=args.collection, bbox=bbox, start=start, end=end,
                                    resolution=args.resolution, crs=args.crs, **kw)
     elif args.images: cube = open_images(args.images, args.pattern, bands=bands, start=start, end=end, **kw)
+    elif getattr(args, "eopatch", None):
+        cube = open_eopatch(args.eopatch, _csv(args.features), **kw)
+        if bands is not None: cube = select_bands(cube, bands)
+        cube = select_time(cube, start, end, what=args.eopatch)
     else: cube = select_time(open_netcdf(args.cube, bands=bands, prefix=args.prefix, **kw), start, end, what=args.cube)
-    if bbox is not None and not args.stac: cube = clip_bbox(cube, bbox, args.images or args.cube)
+    if bbox is not None and not args.stac: cube = clip_bbox(cube, bbox, args.images or args.cube or args.eopatch)
     if any(v is not None for v in masks.values()) or nodata is not None:
         cube = clean(cube, **masks, threshold=args.threshold, nodata=nodata)
     if args.period: cube = composite(cube, args.period, how=args.how, start=start, end=end)
