@@ -80,7 +80,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _data_options(p: argparse.ArgumentParser, mode_default: str | None = None):
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="victoria", choices=DATASETS, help="dataset (default: victoria, the shipped real series)")
+    g.add_argument("--dataset", default="victoria", help="victoria (default, the shipped real series), breizhcrops, or a "
+                   "dataset registered with cropkit.data.register_dataset (from a plugin module)")
     g.add_argument("--root", "-D", "--datapath", dest="root", default=None,
                    help="dataset folder (victoria: default the shipped data/victoria_s2; breizhcrops: default ./breizhcrops_dataset)")
     g.add_argument("--mode", "-m", default=mode_default,
@@ -174,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
     r = sub.add_parser("recipes", help="list the default training recipes")
-    r.add_argument("--dataset", default=None, choices=DATASETS, help="only this dataset")
+    r.add_argument("--dataset", default=None, choices=DATASETS, help="only this dataset (registered datasets use the default recipe)")
 
     h = sub.add_parser("h2crop", help="H2Crop pixel-level hierarchical models: train, test, configs",
                        description="Train and test H2Crop models; the arguments go to cropkit.train.h2crop "
@@ -188,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/60_cli.ipynb #8b9e836d
 def _check_mode(dataset: str, mode: str | None) -> str:
+    if dataset not in DATASETS:                            # a registered dataset: its loader checks the mode
+        from cropkit.data.registry import get_dataset_loader
+        try: get_dataset_loader(dataset)
+        except ValueError as e: raise CLIError(str(e)) from None
+        return mode or "default"
     if dataset == "victoria":
         mode = mode or "evaluation"
         if mode not in VICTORIA_MODES:
@@ -203,6 +209,9 @@ def load_splits(dataset: str = "victoria", root=None, mode: str | None = None, y
                 preload_ram: bool = False, valid_fraction: float = 0.25, seed: int = 0) -> dict:
     "Datasets `train`, `valid`, `test` (None where the mode has none) and the resolved `mode`, for the data options."
     mode = _check_mode(dataset, mode)
+    if dataset not in DATASETS:
+        from cropkit.data.registry import load_dataset
+        return load_dataset(dataset, root, None if mode == "default" else mode, seed)
     if dataset == "victoria":
         from cropkit.data.victoria import victoria
         from cropkit.train.recipes import sample_groups, stratified_split
@@ -254,7 +263,7 @@ def recipe_from_args(args):
     return recipe.replace(**changes)
 
 # %% ../nbs/60_cli.ipynb #291fb465
-USER_ERRORS = (CLIError, ValueError, KeyError, TypeError, OSError, RuntimeError, ArithmeticError)
+USER_ERRORS = (CLIError, ValueError, KeyError, TypeError, OSError, RuntimeError, ArithmeticError, ImportError)
 
 def _one_line(err: BaseException) -> str:
     msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)

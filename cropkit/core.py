@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['get_device', 'to_device', 'autocast', 'set_seed', 'data_path', 'atomic_write', 'require_file']
+__all__ = ['PLUGIN_GROUP', 'get_device', 'to_device', 'autocast', 'set_seed', 'load_plugins', 'data_path', 'atomic_write',
+           'require_file']
 
 # %% ../nbs/00_core.ipynb #ead99495
 def _mps_available() -> bool:
@@ -62,6 +63,26 @@ def set_seed(seed: int, deterministic: bool = False) -> int:
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     return int(seed)
+
+# %% ../nbs/00_core.ipynb #6703b18f
+PLUGIN_GROUP = "cropkit.plugins"
+"The entry-point group whose modules register models and datasets."
+
+_loaded_plugins: set[str] = set()
+
+def load_plugins() -> list[str]:
+    "Import the plugin modules (entry points of `PLUGIN_GROUP`, `CROPKIT_PLUGINS`) not imported yet; return their names."
+    import importlib
+    from importlib.metadata import entry_points
+    targets = [(f"entry point {ep.name!r} ({ep.value})", ep.value.split(":")[0]) for ep in entry_points(group=PLUGIN_GROUP)]
+    targets += [(f"CROPKIT_PLUGINS module {m!r}", m) for m in os.environ.get("CROPKIT_PLUGINS", "").replace(" ", "").split(",") if m]
+    new = []
+    for what, module in targets:
+        if module in _loaded_plugins: continue
+        try: importlib.import_module(module)
+        except Exception as e: raise ImportError(f"cropkit plugin {what} failed to import: {type(e).__name__}: {e}") from e
+        _loaded_plugins.add(module); new.append(module)
+    return new
 
 # %% ../nbs/00_core.ipynb #390fe17a
 def _package_dir() -> Path:

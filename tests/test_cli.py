@@ -205,7 +205,7 @@ def test_data_summary_and_recipes(capsys):
 
 @pytest.mark.parametrize("argv, fragments", [
     (["train", "ResNet50"], ["unknown model 'ResNet50'", "TempCNN", "RandomForest"]),
-    (["evaluate", "x.pt", "--dataset", "mnist"], ["invalid choice: 'mnist'"]),
+    (["train", "TempCNN", "--dataset", "mnist"], ["unknown dataset 'mnist'", "victoria, breizhcrops"]),
     (["train", "TempCNN", "-H", "hidden_dims=8,dropout"], ["malformed --hyperparameter token 'dropout'"]),
     (["train", "TempCNN", "-H", "hidden_dims=8,,x=1"], ["empty entry"]),
     (["train", "TempCNN", "-H", "hidden_dim=8"], ["'hidden_dim' (did you mean 'hidden_dims'?)"]),

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['BreizhCrops', 'default_transform', 'Drops', 'split_summary', 'make_breizhcrops', 'PackedSeries', 'PackedParcels',
            'download_breizhcrops', 'victoria', 'VictoriaS2', 'parcels_to_xarray', 'ndvi', 'normalized_difference',
-           'with_indices', 'SeriesDataset', 'UNLABELLED', 'H2Crop', 'Taxonomy', 'default_taxonomy', 'collate_h2crop',
-           'make_h2crop']
+           'with_indices', 'SeriesDataset', 'UNLABELLED', 'register_dataset', 'load_dataset', 'dataset_names', 'H2Crop',
+           'Taxonomy', 'default_taxonomy', 'collate_h2crop', 'make_h2crop']
 
 # %% ../../nbs/09_data.ipynb #e20a3908
 from .breizhcrops import BreizhCrops, default_transform
@@ -17,11 +17,12 @@ from .download import download_breizhcrops
 from .victoria import victoria, VictoriaS2
 from .labelled import parcels_to_xarray, ndvi, normalized_difference, with_indices
 from .series import SeriesDataset, UNLABELLED
+from .registry import register_dataset, load_dataset, dataset_names
 from .h2crop import H2Crop, Taxonomy, default_taxonomy, collate_h2crop
 from .h2crop_synthetic import make_h2crop
 
 _all_ = [
     "BreizhCrops", "default_transform", "Drops", "split_summary", "make_breizhcrops", "PackedSeries", "PackedParcels",
     "download_breizhcrops", "victoria", "VictoriaS2", "parcels_to_xarray", "ndvi", "normalized_difference",
-    "with_indices", "SeriesDataset", "UNLABELLED", "H2Crop", "Taxonomy", "default_taxonomy", "collate_h2crop", "make_h2crop"
+    "with_indices", "SeriesDataset", "UNLABELLED", "register_dataset", "load_dataset", "dataset_names", "H2Crop", "Taxonomy", "default_taxonomy", "collate_h2crop", "make_h2crop"
 ]  # what `import *` brings in

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['TempCNN', 'LSTM', 'TransformerModel', 'PETransformerModel', 'MSResNet', 'InceptionTime', 'StarRNN', 'OmniScaleCNN',
-           'MODELS', 'get_model', 'model_hparams', 'save_model', 'load_model', 'load_breizhcrops_checkpoint',
-           'check_input', 'PRETRAINED', 'load_pretrained']
+           'MODELS', 'get_model', 'register_model', 'model_hparams', 'save_model', 'load_model',
+           'load_breizhcrops_checkpoint', 'check_input', 'PRETRAINED', 'load_pretrained']
 
 # %% ../../nbs/17_models.ipynb #0cfff62c
 from .tempcnn import TempCNN
@@ -15,12 +15,12 @@ from .msresnet import MSResNet
 from .inceptiontime import InceptionTime
 from .starrnn import StarRNN
 from .omniscale import OmniScaleCNN
-from .registry import (MODELS, get_model, model_hparams, save_model, load_model, load_breizhcrops_checkpoint,
+from .registry import (MODELS, get_model, register_model, model_hparams, save_model, load_model, load_breizhcrops_checkpoint,
                        check_input)
 from .pretrained import PRETRAINED, load_pretrained
 
 _all_ = [
     "TempCNN", "LSTM", "TransformerModel", "PETransformerModel", "MSResNet", "InceptionTime", "StarRNN",
-    "OmniScaleCNN", "MODELS", "get_model", "model_hparams", "save_model", "load_model",
+    "OmniScaleCNN", "MODELS", "get_model", "register_model", "model_hparams", "save_model", "load_model",
     "load_breizhcrops_checkpoint", "check_input", "PRETRAINED", "load_pretrained"
 ]  # what `import *` brings in

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import atomic_write, get_device, require_file
+from collections.abc import Sequence
+from ..core import atomic_write, get_device, load_plugins, require_file
 from .tempcnn import TempCNN
 from .lstm import LSTM
 from .transformer import TransformerModel, PETransformerModel
@@ -22,8 +23,8 @@ from .omniscale import OmniScaleCNN
 
 # %% auto #0
 __all__ = ['MODELS', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'canonical_name', 'model_hparams', 'check_hparams', 'get_model',
-           'save_model', 'load_model', 'check_input', 'convert_breizhcrops_state_dict', 'infer_breizhcrops_hparams',
-           'breizhcrops_state_dict', 'load_breizhcrops_checkpoint']
+           'register_model', 'save_model', 'load_model', 'check_input', 'convert_breizhcrops_state_dict',
+           'infer_breizhcrops_hparams', 'breizhcrops_state_dict', 'load_breizhcrops_checkpoint']
 
 # %% ../../nbs/18_models.registry.ipynb #ae04cf97
 MODELS: dict[str, type[nn.Module]] = {
@@ -37,12 +38,16 @@ _ALIASES = {"transformer": "TransformerEncoder", "transformermodel": "Transforme
 
 _DATA_ARGS = ("input_dim", "num_classes", "sequencelength")  # given by the data, not hyperparameters
 
+def _key(name: str) -> str: return name.strip().lower().replace("-", "").replace("_", "")
+
 def canonical_name(name: str) -> str:
     "The registry's spelling of model `name` (case-insensitive, aliases accepted); raises listing the valid names."
     if isinstance(name, str):
-        lookup = {k.lower(): k for k in MODELS} | _ALIASES
-        key = name.strip().lower().replace("-", "").replace("_", "")
-        if key in lookup: return lookup[key]
+        key = _key(name)
+        for attempt in range(2):
+            lookup = {_key(k): k for k in MODELS} | _ALIASES
+            if key in lookup: return lookup[key]
+            if attempt == 0 and not load_plugins(): break          # a plugin may register it
     raise ValueError(f"unknown model {name!r}; valid names (case-insensitive): {', '.join(MODELS)}")
 
 def model_hparams(name: str) -> dict:
@@ -118,6 +123,33 @@ def get_model(name: str, input_dim: int, num_classes: int, sequencelength: int |
     model.cropkit_spec = dict(name=name, hparams=full, input_dim=int(input_dim), num_classes=int(num_classes),
                               sequencelength=None if sequencelength is None else int(sequencelength))
     return model if device is None else model.to(get_device(device))
+
+# %% ../../nbs/18_models.registry.ipynb #8c048002
+def register_model(cls=None, *, name: str | None = None, aliases: Sequence[str] = (), replace: bool = False):
+    "Class decorator: register a parcel model under `name` (default: the class name) and `aliases`; returns the class."
+    def add(c):
+        if not (isinstance(c, type) and issubclass(c, nn.Module)):
+            raise TypeError(f"register_model takes a torch.nn.Module subclass, got {c!r}")
+        params = inspect.signature(c.__init__).parameters
+        missing = [a for a in ("input_dim", "num_classes") if a not in params]
+        if missing: raise TypeError(f"{c.__name__}.__init__ must take {missing} (given by the data) to be built by name")
+        no_default = [k for k, p in params.items() if k != "self" and k not in _DATA_ARGS
+                      and p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty]
+        if no_default: raise TypeError(f"{c.__name__}: hyperparameters {no_default} need default values")
+        n = name or c.__name__
+        if not isinstance(n, str) or not n.strip() or not n.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"model name must be letters, digits, '-' or '_', got {n!r}")
+        taken = {_key(k): k for k in MODELS} | _ALIASES
+        for k in (n, *aliases):
+            owner = taken.get(_key(k))
+            if owner is not None and owner != n and not replace:
+                raise ValueError(f"the model name {k!r} is taken by {owner}; choose another or pass replace=True")
+        if n in MODELS and MODELS[n] is not c and not replace:
+            raise ValueError(f"a model {n!r} is already registered ({MODELS[n].__module__}.{MODELS[n].__name__}); pass replace=True")
+        MODELS[n] = c
+        for a in aliases: _ALIASES[_key(a)] = n
+        return c
+    return add(cls) if cls is not None else add
 
 # %% ../../nbs/18_models.registry.ipynb #c7b6810f
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "cropkit-parcel-model", 1

@@ -23,7 +23,7 @@ from .parcel import predict
 __all__ = ['SPECTRAL_INDICES', 'NORMALIZATIONS', 'LOG_OFFSET', 'AUGMENTATIONS', 'RECIPES', 'input_features', 'band_statistics',
            'index_pairs', 'Normalized', 'normalize', 'check_augmentation', 'Augmented', 'augment', 'Split',
            'dataset_labels', 'sample_groups', 'stratified_folds', 'stratified_split', 'Recipe', 'train_recipe',
-           'evaluate_model', 'get_recipe']
+           'evaluate_model', 'get_recipe', 'default_recipe']
 
 # %% ../../nbs/25_train.recipes.ipynb #23eb09b8
 def _x_numpy(x) -> np.ndarray:
@@ -413,10 +413,16 @@ RECIPES: dict[str, dict[str, Recipe]] = {
 }
 
 def get_recipe(dataset: str, model: str) -> Recipe:
-    "The default `Recipe` for `model` on `dataset` (names as in `RECIPES`; model names case-insensitive)."
+    """The default `Recipe` for `model` on `dataset` (names as in `RECIPES`; model names case-insensitive). A model or
+    dataset without a tuned recipe (e.g. one added with `register_model` / `register_dataset`) gets `default_recipe`."""
     key = str(dataset).lower()
-    if key not in RECIPES: raise ValueError(f"no recipes for dataset {dataset!r}; datasets with recipes: {', '.join(RECIPES)}")
     name = canonical_name(model)
-    if name not in RECIPES[key]:
-        raise ValueError(f"no {key} recipe for {name}; models with recipes: {', '.join(RECIPES[key])}")
-    return RECIPES[key][name]
+    if key in RECIPES and name in RECIPES[key]: return RECIPES[key][name]
+    return default_recipe(name, key)
+
+def default_recipe(model: str, dataset: str | None = None) -> Recipe:
+    "The recipe of a model or dataset nobody tuned: BreizhCrops' preset optimiser on breizhcrops, else the Victoria defaults (indices on victoria only)."
+    name = canonical_name(model)
+    if dataset == "breizhcrops": return _breizhcrops_recipe(name)
+    settings = {**_V, "indices": _V["indices"] if dataset == "victoria" else ()}
+    return Recipe(name, lr=3e-3, weight_decay=1e-4, **settings, note="default recipe: not tuned for this model and dataset")
