@@ -7,6 +7,9 @@ mean over seeds (`benchmarks/victoria_quality.py`) can be set beside the referen
 
     OMP_NUM_THREADS=1 python benchmarks/victoria_reference.py --models TransformerEncoder --seeds 0 1 2
 
+`--split grouped` uses cropkit's split by polygon instead (`cropkit.data.victoria.victoria(split="grouped")`, the
+split of `cropkit train --mode grouped`; rows go to `victoria_reference_grouped.tsv`).
+
 Rows are appended to `--out` (model, seed, accuracy, kappa, macro F1, seconds). Needs the `breizhcrops`
 package (`pip install breizhcrops --no-deps`); only its model classes are used.
 """
@@ -55,12 +58,14 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=list(REFERENCE_HPARAMS), choices=list(REFERENCE_HPARAMS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--out", default="benchmarks/results/victoria_reference.tsv")
+    p.add_argument("--split", choices=("published", "grouped"), default="published")
+    p.add_argument("--out", default=None, help="default benchmarks/results/victoria_reference[_grouped].tsv")
     a = p.parse_args(argv)
+    a.out = a.out or f"benchmarks/results/victoria_reference{'_grouped' if a.split == 'grouped' else ''}.tsv"
     bc, _ = import_reference()
     if bc is None: sys.exit("the breizhcrops package is not importable: pip install breizhcrops --no-deps")
     from cropkit.data.victoria import victoria
-    train, test = victoria()
+    train, test = victoria(split=a.split)
     out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists(): out.write_text("model\tseed\taccuracy\tkappa\tf1_macro\tseconds\n")
     for name in a.models:

@@ -14,9 +14,10 @@ from .evaluate.area import add_assess_parser, cmd_assess, add_sample_design_pars
 
 # %% auto #0
 __all__ = ['DATASETS', 'VICTORIA_MODES', 'BASELINES', 'USER_ERRORS', 'COMMANDS', 'CLIError', 'parse_value',
-           'parse_hyperparameters', 'build_parser', 'load_splits', 'resolve_model_name', 'recipe_from_args',
-           'format_scores', 'data_report', 'split_line', 'data_manifest', 'cmd_train', 'load_trained_model',
-           'cmd_evaluate', 'cmd_predict', 'cmd_tune', 'summary_table', 'cmd_data', 'cmd_recipes', 'cmd_h2crop', 'main']
+           'parse_hyperparameters', 'build_parser', 'load_splits', 'splits_from_args', 'resolve_model_name',
+           'recipe_from_args', 'format_scores', 'data_report', 'split_line', 'data_manifest', 'cmd_train',
+           'load_trained_model', 'trained_on', 'data_defaults', 'cmd_evaluate', 'cmd_predict', 'cmd_tune',
+           'summary_table', 'cmd_data', 'cmd_recipes', 'cmd_h2crop', 'main']
 
 # %% ../nbs/60_cli.ipynb #d1445f1a
 class CLIError(Exception):
@@ -73,23 +74,28 @@ def parse_hyperparameters(text: str | None) -> dict:
 
 # %% ../nbs/60_cli.ipynb #e6c19ecf
 DATASETS = ("victoria", "breizhcrops")
-VICTORIA_MODES = ("evaluation", "validation")
+VICTORIA_MODES = ("evaluation", "validation", "grouped")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message): raise CLIError(f"{self.prog}: {message}")
 
-def _data_options(p: argparse.ArgumentParser, mode_default: str | None = None):
+def _data_options(p: argparse.ArgumentParser, mode_default: str | None = None, of_checkpoint: bool = False):
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="victoria", help="victoria (default, the shipped real series), breizhcrops, or a "
-                   "dataset registered with cropkit.data.register_dataset (from a plugin module)")
+    g.add_argument("--dataset", default=None if of_checkpoint else "victoria",
+                   help="victoria (the shipped real series), breizhcrops, or a dataset registered with "
+                   "cropkit.data.register_dataset (from a plugin module); default " + (
+                       "the dataset, mode and root the checkpoint was trained on" if of_checkpoint else "victoria"))
     g.add_argument("--root", "-D", "--datapath", dest="root", default=None,
                    help="dataset folder (victoria: default the shipped data/victoria_s2; breizhcrops: default ./breizhcrops_dataset)")
     g.add_argument("--mode", "-m", default=mode_default,
                    help="breizhcrops: a fold of cropkit.train.protocol.FOLDS (default evaluation1); victoria: evaluation "
-                        "(train -> test, default) or validation (a stratified quarter of the training series)")
+                        "(published pixel split, train -> test, default), grouped (split by polygon, none on both "
+                        "sides) or validation (a stratified quarter of the training series)")
     g.add_argument("--year", type=int, default=2017, help="breizhcrops year (default 2017)")
     g.add_argument("--level", default="L1C", choices=("L1C", "L2A"), help="breizhcrops processing level (default L1C)")
     g.add_argument("--preload-ram", action="store_true", help="breizhcrops: load all series into memory first")
+    g.add_argument("--download", action="store_true", help="breizhcrops: fetch the official files of the fold's regions "
+                   "into --root (default ./breizhcrops_dataset) where missing; sizes are checked, cut downloads resume")
     g.add_argument("--valid-fraction", type=float, default=0.25, help="victoria validation mode: held-out share of every class")
     g.add_argument("--workers", "-w", type=int, default=0, help="DataLoader worker processes (default 0)")
 
@@ -133,10 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model to test: the last epoch (default) or the best validation epoch (needs validation data)")
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on a dataset",
-                       description="Evaluate a cropkit checkpoint (or a RandomForest .pkl) on the test data of a "
-                       "dataset: print the scores, write predictions CSV and metrics JSON.")
-    e.add_argument("checkpoint", help="a best.pt / last.pt written by cropkit train (or random_forest.pkl)")
-    _data_options(e); _run_options(e)
+                       description="Evaluate a cropkit checkpoint (or a RandomForest .skops) on the test data of a "
+                       "dataset (default: the data it was trained on, its held-out split): print the scores, write "
+                       "predictions CSV and metrics JSON.")
+    e.add_argument("checkpoint", help="a best.pt / last.pt written by cropkit train (or random_forest.skops)")
+    _data_options(e, of_checkpoint=True); _run_options(e)
     e.add_argument("--output", "-o", default=None, help="output folder (default: the checkpoint's folder)")
     e.add_argument("--overwrite", action="store_true", help="replace earlier metrics/predictions of this checkpoint and data")
 
@@ -170,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--time-col", default="date", help="--csv: column ordering each series (default date)")
     pr.add_argument("--label-col", default=None, help="--csv: optional column of class names, to score the predictions")
     pr.add_argument("--split", default="test", choices=("train", "valid", "test"), help="dataset split to predict (default test)")
-    _data_options(pr); _run_options(pr)
+    _data_options(pr, of_checkpoint=True); _run_options(pr)
     pr.add_argument("--out", "-o", required=True, help="predictions CSV to write")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
@@ -206,7 +213,7 @@ def _check_mode(dataset: str, mode: str | None) -> str:
     return MODE_ALIASES.get(mode.lower(), mode.lower())
 
 def load_splits(dataset: str = "victoria", root=None, mode: str | None = None, year: int = 2017, level: str = "L1C",
-                preload_ram: bool = False, valid_fraction: float = 0.25, seed: int = 0) -> dict:
+                preload_ram: bool = False, valid_fraction: float = 0.25, seed: int = 0, download: bool = False) -> dict:
     "Datasets `train`, `valid`, `test` (None where the mode has none) and the resolved `mode`, for the data options."
     mode = _check_mode(dataset, mode)
     if dataset not in DATASETS:
@@ -216,18 +223,41 @@ def load_splits(dataset: str = "victoria", root=None, mode: str | None = None, y
         from cropkit.data.victoria import victoria
         from cropkit.train.recipes import sample_groups, stratified_split
         if root is not None and not Path(root).is_dir(): raise CLIError(f"--root {root} is not a folder")
-        train, test = victoria(root)
+        train, test = victoria(root, split="grouped" if mode == "grouped" else "published")   # grouped: always seed 0
         if mode == "validation":
             fit_part, valid = stratified_split(train, valid_fraction, seed, groups=sample_groups(train))
             return dict(train=fit_part, valid=valid, test=None, mode=mode)
         return dict(train=train, valid=None, test=test, mode=mode)
+    return _breizhcrops_splits(mode, root, year, level, preload_ram, download)
+
+def _shell_words(message: str) -> str:
+    "A data-layer message with its Python arguments replaced by the command-line option that does the same."
+    return message.replace("pass download=True", "pass --download").replace("(download=True)", "(--download)")
+
+def _breizhcrops_splits(mode: str, root, year: int, level: str, preload_ram: bool, download: bool) -> dict:
     from cropkit.train.protocol import fold_datasets
-    root = Path(root) if root is not None else Path("breizhcrops_dataset")
-    if not root.is_dir(): raise CLIError(f"BreizhCrops folder {root} does not exist; pass --root (the folder holding "
-                                         "codes.csv, classmapping.csv and <year>/<level>/)")
-    train, held_out = fold_datasets(mode, root, year=year, level=level, preload_ram=preload_ram)
+    given = root is not None
+    root = Path(root) if given else Path("breizhcrops_dataset")
+    if download:
+        from cropkit.data.download import download_breizhcrops
+        from cropkit.train.protocol import fold_regions
+        region = fold_regions(mode)[0][0]          # classmapping.csv and codes.csv are the same for every region
+        download_breizhcrops(root, region, year, level, files=[k for k in ("classmapping", "codes")
+                                                                 if not (root/f"{k}.csv").exists()], progress=False)
+    elif not root.is_dir():
+        where = f"--root {root} does not exist" if given else f"no --root given and the default folder {root} does not exist"
+        raise CLIError(f"BreizhCrops folder missing: {where}. Pass --download to fetch the official files of the "
+                       "fold's regions into it, or --root with the folder holding codes.csv, classmapping.csv and <year>/<level>/")
+    try: train, held_out = fold_datasets(mode, root, year=year, level=level, preload_ram=preload_ram, download=download)
+    except (FileNotFoundError, ValueError) as e: raise type(e)(_shell_words(str(e))) from None
     if mode == "validation": return dict(train=train, valid=held_out, test=None, mode=mode)
     return dict(train=train, valid=None, test=held_out, mode=mode)
+
+def splits_from_args(args, seed: int | None = None) -> dict:
+    "`load_splits` with the data options of a parsed command line (`seed` overrides `--seed`)."
+    return load_splits(args.dataset, args.root, args.mode, getattr(args, "year", 2017), getattr(args, "level", "L1C"),
+                       getattr(args, "preload_ram", False), args.valid_fraction, args.seed if seed is None else seed,
+                       getattr(args, "download", False))
 
 # %% ../nbs/60_cli.ipynb #57aa033c
 BASELINES = ("RandomForest",)
@@ -407,13 +437,16 @@ def _train_random_forest(args, t0: float) -> int:
     hp = {"n_estimators": 500} | parse_hyperparameters(args.hyperparameter)
     logdir = Path(args.logdir) if args.logdir else _default_logdir(args, "RandomForest")
     _refuse_existing_run(logdir, args)
-    splits = load_splits(args.dataset, args.root, args.mode, valid_fraction=args.valid_fraction, seed=args.seed)
+    splits = splits_from_args(args)
     _start_run(logdir, args)
     if splits["test"] is None: raise CLIError("RandomForest needs test data: use --mode evaluation")
     try: rf = RandomForestBaseline(seed=args.seed, **hp)
     except TypeError as e: raise CLIError(f"bad RandomForest hyperparameter: {e}") from None
     _print(args, f"training a random forest of {rf.n_estimators} trees on {len(splits['train'])} series ...")
     rf.fit(splits["train"])
+    from cropkit.train.engine import run_environment
+    rf.manifest = {"model": {"name": "RandomForest", "hparams": hp}, "data": data_manifest(args, splits),
+                   **run_environment("cpu", args.seed)}
     pred = rf.predict(splits["test"])
     from cropkit.evaluate.metrics import classification_metrics
     scores = classification_metrics(pred.y_true.values, pred.y_pred.values, labels=len(rf.classes))
@@ -421,12 +454,13 @@ def _train_random_forest(args, t0: float) -> int:
     from cropkit.core import atomic_write
     from cropkit.train.engine import file_sha256
     _write_predictions(pred, logdir/"predictions.csv", model_file)
+    _write_json(logdir/"manifest.json", rf.manifest)
     res = _results(args, "RandomForest", splits, scores, time.perf_counter() - t0,
                    dict(epochs=None, hparams=hp, checkpoint=str(model_file), checkpoint_sha256=file_sha256(model_file),
                         data=data_report(splits)))
     _write_json(logdir/"results.json", res)
-    print(f"RandomForest on {args.dataset} ({splits['mode']}), test: {format_scores(scores)}  "
-          f"[{res['elapsed_seconds']:.1f} s] -> {logdir/'results.json'}")
+    print(f"RandomForest on {args.dataset} ({splits['mode']}), test: {format_scores(scores)}  [{res['elapsed_seconds']:.1f} s]")
+    print(f"wrote manifest.json, predictions.csv, {model_file.name}, results.json in {logdir}")
     return 0
 
 def cmd_train(args) -> int:
@@ -439,8 +473,7 @@ def cmd_train(args) -> int:
     device = get_device(args.device)
     logdir = Path(args.logdir) if args.logdir else _default_logdir(args, recipe.model)
     _refuse_existing_run(logdir, args)
-    splits = load_splits(args.dataset, args.root, args.mode, args.year, args.level, args.preload_ram,
-                         args.valid_fraction, args.seed)
+    splits = splits_from_args(args)
     if args.select == "best" and splits["valid"] is None:
         raise CLIError(f"--select best needs validation data, and mode {splits['mode']!r} has none")
     _start_run(logdir, args)
@@ -494,12 +527,35 @@ def _check_data_fits(ck: dict, data, path) -> None:
     if classes is not None and ck.get("classes") and list(ck["classes"]) != list(classes):
         raise CLIError(f"checkpoint {path} was trained with the classes {ck['classes']}, the data have {list(classes)}")
 
+def trained_on(path: Path) -> dict:
+    "The data record (dataset, root, mode, classes, ...) stored with checkpoint `path` by cropkit train; {} if none."
+    if path.suffix in (".skops", ".pkl"):
+        from cropkit.train.baselines import RandomForestBaseline
+        manifest = RandomForestBaseline.load(path).manifest
+    else:
+        from cropkit.train import read_checkpoint
+        manifest = read_checkpoint(path).get("manifest")
+    return dict((manifest or {}).get("data") or {})
+
+def data_defaults(args, path: Path) -> str | None:
+    "Fill --dataset, --mode and --root left out with what checkpoint `path` was trained on; a note if the mode differs."
+    rec = trained_on(path) if path.is_file() else {}
+    if args.dataset is None: args.dataset = rec.get("dataset") or "victoria"
+    if rec.get("dataset") != args.dataset: return None
+    if args.root is None and rec.get("root") and Path(rec["root"]).is_dir(): args.root = rec["root"]
+    if args.mode is None: args.mode = rec.get("mode")
+    elif rec.get("mode") and _check_mode(args.dataset, args.mode) != rec["mode"]:
+        return (f"note: {path} was trained on {args.dataset} mode {rec['mode']!r}; scored here on mode {args.mode!r}, "
+                "whose held-out data may include series it was trained on")
+    return None
+
 def cmd_evaluate(args) -> int:
     "`cropkit evaluate`: scores of a checkpoint on the test (or validation) data."
     t0 = time.perf_counter()
     path = Path(args.checkpoint)
     if not path.is_file(): raise CLIError(f"checkpoint not found: {path}")
     out = Path(args.output) if args.output else path.parent
+    note = data_defaults(args, path)
     mode = _check_mode(args.dataset, args.mode)
     tag = f"{path.stem}-{args.dataset}-{mode}"                       # outputs are named after the checkpoint
     outputs = [out/f"metrics-{tag}.json", out/f"predictions-{tag}.csv"]
@@ -507,8 +563,7 @@ def cmd_evaluate(args) -> int:
         raise CLIError(f"{' and '.join(str(p) for p in outputs if p.exists())} already exist(s); pass --overwrite to replace "
                        "them or --output another folder")
     _check_writable(out)
-    splits = load_splits(args.dataset, args.root, args.mode, args.year, args.level, args.preload_ram,
-                         args.valid_fraction, args.seed)
+    splits = splits_from_args(args)
     data = splits["test"] if splits["test"] is not None else splits["valid"]
     if path.suffix in (".skops", ".pkl"):
         from cropkit.train.baselines import RandomForestBaseline
@@ -533,7 +588,9 @@ def cmd_evaluate(args) -> int:
     res = {**scores, "checkpoint": str(path), "checkpoint_sha256": file_sha256(path), "dataset": args.dataset,
            "mode": splits["mode"], "size": len(data), "elapsed_seconds": round(time.perf_counter() - t0, 3)}
     _write_json(out/f"metrics-{tag}.json", res)
-    print(f"{path} on {args.dataset} ({splits['mode']}, {len(data)} series): {format_scores(scores)} -> {out/f'metrics-{tag}.json'}")
+    if note: print(note)
+    print(f"{path} on {args.dataset} ({splits['mode']}, {len(data)} series): {format_scores(scores)}")
+    print(f"wrote {out/f'metrics-{tag}.json'} and {out/f'predictions-{tag}.csv'}")
     return 0
 
 def cmd_predict(args) -> int:
@@ -553,8 +610,9 @@ def cmd_predict(args) -> int:
                                         predictor.classes if args.label_col else None)
         source = str(args.csv)
     else:
-        splits = load_splits(args.dataset, args.root, args.mode, args.year, args.level, args.preload_ram,
-                             args.valid_fraction, args.seed)
+        note = data_defaults(args, Path(args.checkpoint))
+        if note: print(note)
+        splits = splits_from_args(args)
         data = splits[args.split]
         if data is None: raise CLIError(f"{args.dataset} mode {splits['mode']!r} has no {args.split} split; valid: "
                                         f"{[k for k in ('train', 'valid', 'test') if splits[k] is not None]}")
@@ -580,8 +638,7 @@ def cmd_tune(args) -> int:
     device = get_device(args.device)
     out = Path(args.output) if args.output else Path(f"tune-{args.dataset}-{recipe.model}.csv")
     _check_writable(out.parent if str(out.parent) else Path("."))
-    splits = load_splits(args.dataset, args.root, args.mode, args.year, args.level, args.preload_ram,
-                         args.valid_fraction, args.seed)
+    splits = splits_from_args(args)
     if splits["valid"] is None:
         raise CLIError(f"tune needs validation data: mode {splits['mode']!r} has test data only; use --mode validation")
     _print(args, f"random search for {recipe.model} on {args.dataset} ({splits['mode']}): {args.trials} trials of "
@@ -616,8 +673,7 @@ def summary_table(splits: dict):
 
 def cmd_data(args) -> int:
     "`cropkit data summary`: samples per class and split, bands, series length."
-    splits = load_splits(args.dataset, args.root, args.mode, args.year, args.level, args.preload_ram,
-                         args.valid_fraction, 0)
+    splits = splits_from_args(args, seed=0)
     first = splits["train"]
     x = first[0][0]
     bands = getattr(first, "bands", None)

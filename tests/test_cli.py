@@ -216,7 +216,7 @@ def test_data_summary_and_recipes(capsys):
     (["train", "TempCNN", "--indices", "EVI"], ["unknown spectral index 'EVI'"]),
     (["train", "TempCNN", "--normalization", "minmax"], ["unknown normalization 'minmax'"]),
     (["train", "TempCNN", "--mode", "evaluation1"], ["unknown --mode 'evaluation1' for victoria"]),
-    (["train", "TempCNN", "--dataset", "breizhcrops", "--root", "/no/such/dir"], ["BreizhCrops folder /no/such/dir does not exist"]),
+    (["train", "TempCNN", "--dataset", "breizhcrops", "--root", "/no/such/dir"], ["BreizhCrops folder missing: --root /no/such/dir does not exist. Pass --download"]),
     (["train", "RandomForest", "--dataset", "breizhcrops"], ["victoria only"]),
     (["train", "TempCNN", "--device", "cuda:7"] if not torch.cuda.is_available() else ["train", "TempCNN", "--device", "tpu"],
      ["device"]),
@@ -304,3 +304,18 @@ def test_resume_with_another_mode_is_refused_naming_it(capsys, tmp_path):
     code, _, err = run(capsys, base + ["--mode", "evaluation1", "--epochs", "1"])       # a second run into a finished logdir
     assert_user_error(code, err, "already holds a run", "--overwrite")
     assert {p.name: p.read_bytes() for p in logdir.iterdir()} == before
+
+
+def test_victoria_grouped_split(capsys, tmp_path):
+    "--mode grouped: trained and scored on the split by polygon; evaluating the model later uses that split too."
+    code, out, err = run(capsys, ["train", "RandomForest", "--mode", "grouped", "-H", "n_estimators=20", "--logdir", tmp_path / "rf"])
+    assert code == 0, err
+    assert "victoria (grouped)" in out or "RandomForest on victoria (grouped)" in out, out
+    res = json.loads((tmp_path / "rf" / "results.json").read_text())
+    assert 0.5 < res["accuracy"] < 0.99
+    code, out, err = run(capsys, ["evaluate", tmp_path / "rf" / "random_forest.skops"])
+    assert code == 0, err
+    assert json.loads((tmp_path / "rf" / "metrics-random_forest-victoria-grouped.json").read_text())["accuracy"] == pytest.approx(res["accuracy"])
+    assert json.loads((tmp_path / "rf" / "manifest.json").read_text())["data"]["mode"] == "grouped"
+    code, out, err = run(capsys, ["evaluate", tmp_path / "rf" / "random_forest.skops", "--mode", "evaluation"])
+    assert code == 0 and "was trained on victoria mode 'grouped'; scored here on mode 'evaluation'" in out, out + err

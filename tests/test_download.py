@@ -178,3 +178,33 @@ def test_archive_member_paths_are_flattened(tmp_path):
     with tarfile.open(tmp_path/"evil.tar.gz", "w:gz") as t: t.add(tmp_path/"a.csv", arcname="../../../etc/a.csv")
     out = extract_members(tmp_path/"evil.tar.gz", tmp_path/"out")
     assert out == [tmp_path/"out"/"a.csv"]
+
+
+def test_cli_download(server, tmp_path, monkeypatch, capsys):
+    "`cropkit train --dataset breizhcrops --download` fetches the fold's regions from the mirror into --root, then trains."
+    from cropkit.cli import main
+    from cropkit.data.synthetic import make_breizhcrops
+    src = make_breizhcrops(tmp_path/"src", regions=("frh01", "frh02", "frh03", "frh04"), n_parcels=12, max_length=80)
+    (server.folder/"2017"/"L1C").mkdir(parents=True)
+    for region in ("frh01", "frh02", "frh03", "frh04"):
+        shutil.copy(src/"2017"/"L1C"/f"{region}.csv", server.folder/"2017"/"L1C"/f"{region}.csv")
+        with tarfile.open(server.folder/"2017"/"L1C"/f"{region}.h5.tar.gz", "w:gz") as t:
+            t.add(src/"2017"/"L1C"/f"{region}.h5", arcname=f"data/{region}.h5")
+    for name in ("classmapping.csv", "codes.csv"): shutil.copy(src/name, server.folder/name)
+    monkeypatch.setenv("CROPKIT_BREIZHCROPS_URL", f"{server.url}/files")
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "TempCNN", "--dataset", "breizhcrops", "--root", "bc", "--epochs", "1", "--device", "cpu", "-q"]
+    assert main([*args, "--logdir", "runs/a"]) == 2                                     # no root and no --download
+    err = capsys.readouterr().err
+    assert "--root bc does not exist. Pass --download" in err and not (tmp_path/"runs").exists()
+    assert main([*args, "--logdir", "runs/b", "--download"]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path/"bc"/"2017"/"L1C").iterdir()) == sorted(
+        f"{r}.{s}" for r in ("frh01", "frh02", "frh03", "frh04") for s in ("csv", "h5"))
+    assert (tmp_path/"bc"/"classmapping.csv").read_bytes() == (src/"classmapping.csv").read_bytes()
+    assert (tmp_path/"runs"/"b"/"results.json").exists()
+    n = len(server.requests)
+    assert main([*args, "--logdir", "runs/c", "--download"]) == 0                       # all there: nothing fetched again
+    assert len(server.requests) == n
+    (tmp_path/"bc"/"2017"/"L1C"/"frh04.h5").unlink()
+    assert main([*args, "--logdir", "runs/d"]) == 2                                     # a region's file missing
+    assert "pass --download" in capsys.readouterr().err and not (tmp_path/"runs"/"d").exists()

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/05_data.victoria.ipynb #081c4b3b
 from __future__ import annotations
-import os, re
+import copy, os, re
 from pathlib import Path
 from typing import Callable
 
@@ -18,8 +18,8 @@ from .labelled import parcels_to_xarray
 from .layout import Drops
 
 # %% auto #0
-__all__ = ['VICTORIA_BANDS', 'VICTORIA_DATES', 'VICTORIA_FILES', 'read_class_map', 'read_victoria_csv', 'scale_reflectance',
-           'VictoriaS2', 'victoria']
+__all__ = ['VICTORIA_BANDS', 'VICTORIA_DATES', 'VICTORIA_FILES', 'VICTORIA_SPLITS', 'read_class_map', 'read_victoria_csv',
+           'scale_reflectance', 'VictoriaS2', 'victoria', 'grouped_split', 'regroup']
 
 # %% ../../nbs/05_data.victoria.ipynb #f518fc7b
 VICTORIA_BANDS = ["B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12"]
@@ -97,6 +97,7 @@ class VictoriaS2(Dataset):
         self.class_codes, self.num_classes = self.class_map.code.tolist(), len(self.class_map)
         self.raw, self.y, self.ids = read_victoria_csv(csv_path, num_classes=self.num_classes)
         self.X, self.transform, self.path = self.raw * np.float32(1e-4), transform, Path(csv_path)
+        self.name = self.path.name
         self.drops = Drops()   # every row is kept: a bad one is an error
 
     def __len__(self) -> int: return len(self.y)
@@ -115,11 +116,40 @@ class VictoriaS2(Dataset):
         return da
 
     def __repr__(self) -> str:
-        return f"VictoriaS2({self.path.name}: {len(self)} series × {self.sequencelength} dates × {len(self.bands)} bands, {self.num_classes} classes)"
+        return f"VictoriaS2({self.name}: {len(self)} series × {self.sequencelength} dates × {len(self.bands)} bands, {self.num_classes} classes)"
 
 # %% ../../nbs/05_data.victoria.ipynb #a42e5d11
-def victoria(root: str | os.PathLike | None = None, transform: Callable | None = None) -> tuple[VictoriaS2, VictoriaS2]:
+VICTORIA_SPLITS = ("published", "grouped")
+"The published pixel split of the two files, or a split by polygon of all 800 pixels (`grouped_split`)."
+
+def victoria(root: str | os.PathLike | None = None, transform: Callable | None = None, split: str = "published",
+             seed: int = 0) -> tuple[VictoriaS2, VictoriaS2]:
     "The (train, test) splits of the Victoria Sentinel-2 data, from `root` or the shipped `data/victoria_s2`."
+    if split not in VICTORIA_SPLITS: raise ValueError(f"unknown Victoria split {split!r}; use one of {VICTORIA_SPLITS}")
     root = Path(root) if root is not None else data_path("victoria_s2")
     class_map = root / "class_map.txt"
-    return tuple(VictoriaS2(root / VICTORIA_FILES[s], class_map, transform) for s in ("train", "test"))
+    train, test = (VictoriaS2(root / VICTORIA_FILES[s], class_map, transform) for s in ("train", "test"))
+    return (train, test) if split == "published" else regroup(train, test, seed)
+
+# %% ../../nbs/05_data.victoria.ipynb #grp1a020
+def grouped_split(y, groups, test_fraction: float = 0.5, seed: int = 0) -> np.ndarray:
+    "Boolean test mask over samples: whole `groups` on one side, classes `y` stratified, about `test_fraction` held out."
+    from sklearn.model_selection import StratifiedGroupKFold
+    if not 0 < test_fraction <= 0.5: raise ValueError(f"test_fraction must be in (0, 0.5], got {test_fraction}")
+    y, groups = np.asarray(y), np.asarray(groups)
+    folds = StratifiedGroupKFold(n_splits=round(1 / test_fraction), shuffle=True, random_state=seed)
+    test = np.zeros(len(y), bool)
+    test[next(folds.split(np.zeros(len(y)), y, groups))[1]] = True
+    return test
+
+def _rows(ds: VictoriaS2, raw: np.ndarray, y: np.ndarray, ids: np.ndarray, name: str) -> VictoriaS2:
+    out = copy.copy(ds)
+    out.raw, out.y, out.ids, out.X, out.name = raw, y, ids, raw * np.float32(1e-4), name
+    return out
+
+def regroup(train: VictoriaS2, test: VictoriaS2, seed: int = 0) -> tuple[VictoriaS2, VictoriaS2]:
+    "Pool the two published splits and split them again by polygon (`grouped_split`, seeded)."
+    raw, y, ids = (np.concatenate([getattr(train, a), getattr(test, a)]) for a in ("raw", "y", "ids"))
+    held = grouped_split(y, ids, 0.5, seed)
+    return (_rows(train, raw[~held], y[~held], ids[~held], f"grouped train, seed {seed}"),
+            _rows(test, raw[held], y[held], ids[held], f"grouped test, seed {seed}"))

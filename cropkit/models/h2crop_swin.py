@@ -86,6 +86,7 @@ def _exact_relative_index(window: tuple[int, ...], table_window: tuple[int, ...]
     return index
 
 @functools.lru_cache(maxsize=None)
+@torch.inference_mode(False)     # cached for training too: never an inference tensor, even if first built under inference_mode
 def _relative_index_cached(window, table_window, mode, device) -> torch.Tensor:
     if mode == "published":
         n = math.prod(window)
@@ -113,6 +114,7 @@ def shift_region_labels(grid: tuple[int, int, int], window: tuple[int, int, int]
     return labels
 
 @functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)     # as for the relative index: the cached mask must serve training as well
 def _shift_mask_cached(grid, window, shift, device) -> torch.Tensor:
     regions = window_partition(shift_region_labels(grid, window, shift)[None, ..., None], window).squeeze(-1)
     mask = torch.zeros(regions.shape[0], regions.shape[1], regions.shape[1], device=device)

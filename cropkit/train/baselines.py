@@ -49,6 +49,7 @@ class RandomForestBaseline:
         self.n_estimators, self.seed = n_estimators, seed
         self.forest = RandomForestClassifier(n_estimators=n_estimators, random_state=seed, n_jobs=n_jobs, **rf_kwargs)
         self.input_shape, self.classes, self.fit_seconds, self.bands = None, None, None, None
+        self.manifest = None            # what it was trained on (dataset, mode, ...), saved with it; set by the caller
 
     def fit(self, ds) -> RandomForestBaseline:
         "Fit the forest on every sample of the parcel dataset `ds`."
@@ -94,7 +95,7 @@ class RandomForestBaseline:
     def _state(self) -> dict:
         return {"n_estimators": self.n_estimators, "seed": self.seed, "input_shape": list(self.input_shape or ()),
                 "classes": [str(c) if not isinstance(c, (int, np.integer)) else int(c) for c in (self.classes or [])],
-                "fit_seconds": self.fit_seconds, "bands": self.bands}
+                "fit_seconds": self.fit_seconds, "bands": self.bands, "manifest": self.manifest}
 
     def save(self, path: str | Path) -> Path:
         "Write the fitted baseline to `path` (`.skops`, atomically): a format that loads without running code."
@@ -130,7 +131,7 @@ class RandomForestBaseline:
         meta = json.loads(obj["meta"])
         rf = cls(n_estimators=meta["n_estimators"], seed=meta["seed"])
         rf.forest, rf.input_shape, rf.classes, rf.fit_seconds = forest, tuple(meta["input_shape"]), meta["classes"], meta["fit_seconds"]
-        rf.bands = meta.get("bands")
+        rf.bands, rf.manifest = meta.get("bands"), meta.get("manifest")
         return rf
 
 _TRUSTED_TYPES = ("sklearn.ensemble._forest.RandomForestClassifier", "sklearn.tree._classes.DecisionTreeClassifier",
