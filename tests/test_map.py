@@ -92,6 +92,22 @@ def test_map_worldcereal_cli(wc, wc_model, tmp_path, capsys):
     ref = parcel_map(parcels, "id", probs=classify_cube(p, wc)).set_index("id").loc[fields["id"]]
     assert (ref["class"].to_numpy() == fields["class"].to_numpy()).mean() >= 0.95
     assert np.abs(ref[pcols].to_numpy() - fields[pcols].to_numpy()).max() < 0.01
+    # --parcel-method majority: the class covering most of each field, checked against a count of the class map
+    (tmp_path / "m2").mkdir()
+    code, text, err = run(capsys, ["map", ckpt, *CUBE, "--out", tmp_path / "m2" / "map.tif", "--parcels", parcels, "--parcel-method",
+                                   "majority", "--out-parcels", tmp_path / "votes.gpkg", "--device", "cpu", "-q"])
+    assert code == 0, err
+    votes = gpd.read_file(tmp_path / "votes.gpkg").set_index("id")
+    assert np.allclose(votes[pcols].sum(axis=1), 1.0, atol=1e-6) and (votes["confidence"] >= 1 / len(pcols)).all()
+    from rasterio.features import geometry_mask
+    with rasterio.open(out) as src: transform = src.transform
+    agree = []
+    for pid, geom in gpd.read_file(parcels).to_crs(32631).set_index("id").geometry.items():
+        inside = ~geometry_mask([geom.buffer(-10)], (100, 100), transform, all_touched=False)   # pixels well inside
+        if inside.sum() < 4 or pid not in votes.index: continue
+        counted = np.bincount(classes[inside], minlength=256).argmax()                          # the class map's majority
+        agree.append(names[str(counted)] == votes.loc[pid, "class"])
+    assert len(agree) >= 20 and np.mean(agree) >= 0.9, (len(agree), np.mean(agree))
 
 
 def test_map_refuses_and_writes_nothing(wc, wc_model, tmp_path, capsys):

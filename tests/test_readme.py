@@ -14,6 +14,12 @@ def test_readme_tour_runs(tmp_path, monkeypatch):
     blocks = python_blocks((ROOT / "README.md").read_text())
     assert len(blocks) >= 4, "the README tour lost its code blocks"
     monkeypatch.chdir(tmp_path)
+    # the map products the "Looking at results" block shows come from the README's main job: run it first, as written
+    import shlex
+    from cropkit.cli import main
+    job = re.search(r"&& (cropkit workflow [^\n]*)", (ROOT / "README.md").read_text()).group(1)
+    (tmp_path / "data").symlink_to(ROOT / "data")
+    assert main(shlex.split(job)[1:] + ["--quiet"]) == 0
     from cropkit.data.synthetic import make_breizhcrops
     namespace = {}
     for block in blocks:
@@ -26,4 +32,5 @@ def test_readme_tour_runs(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "h2crop-tiny" / "best.pt").exists()
     assert (tmp_path / "runs" / "tempcnn" / "history.csv").exists()
     assert (tmp_path / "runs" / "tempcnn" / "best.pt").exists()              # validation split from the training series
-    assert not (tmp_path / "h2crop_demo").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["runs"]   # outputs under runs/
+    assert not (tmp_path / "h2crop_demo").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["data", "runs"]   # outputs under runs/
+    assert type(namespace["view"]).__name__ == "Layout" and "folium" in type(namespace["m"]).__module__

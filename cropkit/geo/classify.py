@@ -18,8 +18,8 @@ from .postprocess import bayes_smooth, modal_filter
 from ..evaluate.area import check_output
 
 # %% auto #0
-__all__ = ['model_input', 'check_value_scale', 'map_chunks', 'classify_cube', 'stage_probabilities', 'map_cube', 'parcel_map',
-           'write_parcel_map']
+__all__ = ['PARCEL_METHODS', 'model_input', 'check_value_scale', 'map_chunks', 'classify_cube', 'stage_probabilities', 'map_cube',
+           'pixel_votes', 'parcel_map', 'write_parcel_map']
 
 # %% ../../nbs/47_geo.classify.ipynb #583af6d6
 def model_input(predictor, cube: xr.DataArray, scale: float = 1e-4, band_map: dict | None = None,
@@ -185,15 +185,26 @@ def _parcel_frame(gdf, ids, proba: np.ndarray, classes: Sequence[str], id_col: s
     geoms = gdf.set_index(id_col).geometry
     return gpd.GeoDataFrame(table, geometry=geoms.loc[ids].to_numpy(), crs=gdf.crs), list(np.asarray(all_ids)[~ok])
 
+PARCEL_METHODS = ("mean", "majority", "series")
+
+def pixel_votes(probs: xr.DataArray) -> xr.DataArray:
+    "One-hot (class, y, x) float32 of each pixel's arg-max class; NaN where the pixel has no probabilities."
+    valid = probs.notnull().all("class")
+    winner = probs.fillna(-1.0).argmax("class")
+    votes = xr.concat([(winner == k) for k in range(probs.sizes["class"])], dim=probs["class"])
+    return votes.astype(np.float32).where(valid).transpose("class", ...)
+
 def parcel_map(parcels, id_col: str = "id", probs: xr.DataArray | None = None, predictor=None, cube: xr.DataArray | None = None,
                how: str = "mean", scale: float = 1e-4, band_map: dict | None = None) -> "gpd.GeoDataFrame":
-    "One row per polygon of `parcels`: the class from mean pixel `probs` (how='mean') or from `predictor` on the mean series of `cube` (how='series')."
+    "One row per polygon of `parcels`: the class from mean pixel `probs` (how='mean'), their majority vote (how='majority') or `predictor` on the mean series of `cube` (how='series')."
     from cropkit.geo.extract import extract_parcels, read_parcels
-    if how not in ("mean", "series"): raise ValueError(f"how must be 'mean' or 'series', got {how!r}")
-    if how == "mean":
-        if probs is None: raise ValueError("how='mean' needs the probability cube: probs=classify_cube(...)")
+    if how not in PARCEL_METHODS: raise ValueError(f"how must be one of {PARCEL_METHODS}, got {how!r}")
+    if how in ("mean", "majority"):
+        if probs is None: raise ValueError(f"how={how!r} needs the probability cube: probs=classify_cube(...)")
+        crs = probs.rio.crs
+        if how == "majority": probs = pixel_votes(probs)
         view = probs.rename({"class": "band"}).expand_dims(time=[pd.Timestamp("2000-01-01")])
-        view = view.rio.write_crs(probs.rio.crs)
+        view = view.rio.write_crs(crs)
         ds = extract_parcels(view, parcels, id_col)
         proba, classes = ds["mean"].values[:, 0, :].astype(np.float64), [str(c) for c in probs["class"].values]
     else:

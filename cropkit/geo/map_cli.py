@@ -33,8 +33,9 @@ def add_map_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--parcels", default=None, help="parcel polygons to map as well (GeoPackage, GeoJSON, Shapefile, GeoParquet)")
     p.add_argument("--id-col", default="id", help="--parcels: the parcel id column (default id)")
     p.add_argument("--out-parcels", default=None, help="parcel map file (.gpkg, .geojson or .parquet)")
-    p.add_argument("--parcel-method", default="mean", choices=("mean", "series"),
-                   help="mean: mean pixel probabilities in each polygon (default); series: the model on the parcel's mean series")
+    p.add_argument("--parcel-method", default="mean", choices=("mean", "majority", "series"),
+                   help="mean: mean pixel probabilities in each polygon (default); majority: the class covering most of "
+                        "the polygon; series: the model on the parcel's mean series")
     p.add_argument("--device", "-d", default=None, help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--batchsize", "-b", type=int, default=4096, help="pixels per model call (default 4096)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")

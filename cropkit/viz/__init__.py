@@ -4,18 +4,19 @@
 
 # %% auto #0
 __all__ = ['save', 'parcel_map', 'points_map', 'parcel_figure', 'label_image', 'label_comparison', 'label_overlay', 'map_overlay',
-           'rpg_parcels', 'plot_parcel', 'plot_class_profiles', 'plot_spectra', 'plot_history', 'plot_per_class_f1',
-           'plot_confusion', 'plot_confusion_matrix', 'plot_hierarchical_confusion', 'ParcelExplorer', 'H2CropViewer']
+           'map_view', 'rpg_parcels', 'plot_parcel', 'plot_class_profiles', 'plot_spectra', 'plot_history',
+           'plot_per_class_f1', 'plot_confusion', 'plot_confusion_matrix', 'plot_hierarchical_confusion',
+           'ParcelExplorer', 'H2CropViewer']
 
 # %% ../../nbs/54_viz.ipynb #5b92a79b
 from .maps import (save, parcel_map, points_map, parcel_figure, label_image, label_comparison,
-                              label_overlay, map_overlay, rpg_parcels)
+                              label_overlay, map_overlay, map_view, rpg_parcels)
 from .curves import plot_parcel, plot_class_profiles, plot_spectra, plot_history, plot_per_class_f1
 from .confusion import plot_confusion, plot_confusion_matrix, plot_hierarchical_confusion
 from .explore import ParcelExplorer, H2CropViewer
 
 _all_ = [
-    "save", "parcel_map", "points_map", "parcel_figure", "label_image", "label_comparison", "label_overlay", "map_overlay",
+    "save", "parcel_map", "points_map", "parcel_figure", "label_image", "label_comparison", "label_overlay", "map_overlay", "map_view",
     "rpg_parcels", "plot_parcel", "plot_class_profiles", "plot_spectra", "plot_history", "plot_per_class_f1",
     "plot_confusion", "plot_confusion_matrix", "plot_hierarchical_confusion", "ParcelExplorer",
     "H2CropViewer"

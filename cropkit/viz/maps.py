@@ -19,7 +19,7 @@ __all__ = ['VIZ_INSTALL', 'IMAGE_SUFFIXES', 'ID_CANDIDATES', 'OTHER', 'OTHER_COL
            'add_breizhcrops_classes', 'rpg_parcels', 'class_colors', 'prediction_table', 'attach_predictions',
            'sparkline_svg', 'ndvi_lookup', 'legend_html', 'add_legend', 'base_map', 'rgba_uint8', 'check_bounds',
            'popup_html', 'color_parcels', 'parcel_map', 'points_to_geodataframe', 'points_map', 'parcel_figure',
-           'level_map', 'level_legend', 'label_image', 'label_comparison', 'label_overlay', 'map_overlay']
+           'level_map', 'level_legend', 'label_image', 'label_comparison', 'label_overlay', 'map_overlay', 'map_view']
 
 # %% ../../nbs/50_viz.maps.ipynb #cbc17798
 VIZ_INSTALL = 'pip install "cropkit[viz]"'
@@ -743,3 +743,40 @@ def map_overlay(path, *, m=None, opacity: float = 0.8, name: str | None = None, 
     if legend: add_legend(m, title, entries)
     if new: m.fit_bounds(bounds)
     return m
+
+# %% ../../nbs/50_viz.maps.ipynb #mapview02
+def _read_decimated(path, max_side: int):
+    "(band 1 as float with NaN for no-data, pixel-centre x, pixel-centre y, tags, scale) read at most `max_side` a side."
+    rasterio = require_viz("rasterio", "map views (pip install \"cropkit[geo]\")")
+    path = require_file(path, "map GeoTIFF")
+    with rasterio.open(path) as src:
+        f = max(1.0, max(src.width, src.height) / max_side)
+        h, w = max(1, int(round(src.height / f))), max(1, int(round(src.width / f)))
+        data = src.read(1, out_shape=(h, w), masked=True, resampling=rasterio.enums.Resampling.nearest)
+        west, south, east, north = src.bounds
+        xs = west + (np.arange(w) + 0.5) * (east - west) / w
+        ys = north - (np.arange(h) + 0.5) * (north - south) / h
+        return data.astype(np.float64).filled(np.nan), xs, ys, src.tags(), src.scales[0]
+
+def map_view(path, uncertainty=None, max_side: int = 1024, width: int = 420, title: str | None = None):
+    "holoviews plot of a `cropkit map` class map (colour table, class names on the colour bar), with its uncertainty map beside it."
+    hv = require_viz("holoviews", "map views")
+    require_viz("holoviews.plotting.bokeh", "map views")
+    from bokeh.models import FixedTicker
+    arr, xs, ys, tags, _ = _read_decimated(path, max_side)
+    names = {int(k): v for k, v in json.loads(tags.get("CLASS_NAMES", "{}")).items()}
+    colors = {int(k): v for k, v in json.loads(tags.get("CLASS_COLORS", "{}")).items()}
+    present = sorted(int(v) for v in np.unique(arr[np.isfinite(arr)]))
+    if not present: raise ValueError(f"{path} holds no mapped pixel (all no-data)")
+    slot = np.full(arr.shape, np.nan)                       # each present class -> 0..K-1, so the colour bar is compact
+    for k, code in enumerate(present): slot[arr == code] = k
+    labels = {k: names.get(code, str(code)) for k, code in enumerate(present)}
+    classes = hv.Image((xs, ys, slot), kdims=["x", "y"], vdims=["class"], label=title or Path(path).name).opts(
+        cmap=[colors.get(c, "#888888") for c in present], clim=(-0.5, len(present) - 0.5), color_levels=len(present),
+        colorbar=True, colorbar_opts={"ticker": FixedTicker(ticks=list(range(len(present)))), "major_label_overrides": labels},
+        data_aspect=1, frame_width=width, tools=["hover"], clipping_colors={"NaN": (0, 0, 0, 0)})
+    if uncertainty is None: return classes
+    u, ux, uy, _, scale = _read_decimated(uncertainty, max_side)
+    unc = hv.Image((ux, uy, u * (scale or 1 / 255)), kdims=["x", "y"], vdims=["uncertainty"], label=Path(uncertainty).name).opts(
+        cmap="Reds", clim=(0, 1), colorbar=True, data_aspect=1, frame_width=width, tools=["hover"], clipping_colors={"NaN": (0, 0, 0, 0)})
+    return (classes + unc).opts(shared_axes=True)
