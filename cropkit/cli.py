@@ -91,8 +91,14 @@ def _data_options(p: argparse.ArgumentParser, mode_default: str | None = None, o
                    help="breizhcrops: a fold of cropkit.train.protocol.FOLDS (default evaluation1); victoria: evaluation "
                         "(published pixel split, train -> test, default), grouped (split by polygon, none on both "
                         "sides) or validation (a stratified quarter of the training series)")
-    g.add_argument("--year", type=int, default=2017, help="breizhcrops year (default 2017)")
-    g.add_argument("--level", default="L1C", choices=("L1C", "L2A"), help="breizhcrops processing level (default L1C)")
+    g.add_argument("--regions", default=None, help="breizhcrops layout of your own (e.g. from cropkit extract): train on "
+                   "these regions (comma-separated) instead of a fold; with --test-regions test there, else a stratified "
+                   "quarter of their parcels is held out for testing")
+    g.add_argument("--test-regions", default=None, help="with --regions: the regions to test on (comma-separated)")
+    g.add_argument("--year", type=int, default=None if of_checkpoint else 2017,
+                   help="breizhcrops year (default " + ("the checkpoint's, else 2017)" if of_checkpoint else "2017)"))
+    g.add_argument("--level", default=None if of_checkpoint else "L1C", choices=("L1C", "L2A"),
+                   help="breizhcrops processing level (default " + ("the checkpoint's, else L1C)" if of_checkpoint else "L1C)"))
     g.add_argument("--preload-ram", action="store_true", help="breizhcrops: load all series into memory first")
     g.add_argument("--download", action="store_true", help="breizhcrops: fetch the official files of the fold's regions "
                    "into --root (default ./breizhcrops_dataset) where missing; sizes are checked, cut downloads resume")
@@ -206,10 +212,11 @@ def _check_mode(dataset: str, mode: str | None) -> str:
         if mode not in VICTORIA_MODES:
             raise CLIError(f"unknown --mode {mode!r} for victoria; valid: {', '.join(VICTORIA_MODES)}")
         return mode
-    from cropkit.train.protocol import fold_regions, MODE_ALIASES
+    from cropkit.train.protocol import fold_regions, MODE_ALIASES, REGION_MODE
     mode = mode or "evaluation1"
     try: fold_regions(mode)
     except ValueError as e: raise CLIError(str(e)) from None
+    if mode.strip().startswith(REGION_MODE): return mode.strip()          # region names keep their case
     return MODE_ALIASES.get(mode.lower(), mode.lower())
 
 def load_splits(dataset: str = "victoria", root=None, mode: str | None = None, year: int = 2017, level: str = "L1C",
@@ -309,6 +316,13 @@ def _prepare_runtime(args) -> None:
     for opt in ("epochs", "batchsize", "trials"):
         if getattr(args, opt, None) is not None and getattr(args, opt) < 1:
             raise CLIError(f"--{opt} must be >= 1, got {getattr(args, opt)}")
+    if getattr(args, "regions", None):                    # --regions/--test-regions: a mode over regions of your own
+        from cropkit.train.protocol import region_mode
+        if args.mode is not None: raise CLIError("--regions replaces --mode: give one of them")
+        names = lambda s: [r.strip() for r in (s or "").split(",") if r.strip()]
+        try: args.mode = region_mode(names(args.regions), names(args.test_regions))
+        except ValueError as e: raise CLIError(str(e)) from None
+    elif getattr(args, "test_regions", None): raise CLIError("--test-regions goes with --regions")
     if getattr(args, "threads", None) is not None:
         if args.threads < 1: raise CLIError(f"--threads must be >= 1, got {args.threads}")
         import torch
@@ -479,7 +493,8 @@ def cmd_train(args) -> int:
     _start_run(logdir, args)
     from cropkit.train.recipes import train_recipe, evaluate_model
     _print(args, f"{args.dataset} ({splits['mode']}): {split_line(splits)}")
-    _print(args, f"training {recipe.model} for {recipe.epochs} epochs on {device}; logdir {logdir}")
+    where = f"{device}" + (f" with {_threads()} CPU threads" if device.type == "cpu" else "")
+    _print(args, f"training {recipe.model} for {recipe.epochs} epochs on {where} (seed {args.seed}); logdir {logdir}")
     learner = train_recipe(recipe, splits["train"], splits["valid"], seed=args.seed, device=device, logdir=logdir,
                            resume=args.resume, num_workers=args.workers, manifest=data_manifest(args, splits),
                            callbacks=[_epoch_printer(args, recipe.epochs)])
@@ -541,7 +556,10 @@ def data_defaults(args, path: Path) -> str | None:
     "Fill --dataset, --mode and --root left out with what checkpoint `path` was trained on; a note if the mode differs."
     rec = trained_on(path) if path.is_file() else {}
     if args.dataset is None: args.dataset = rec.get("dataset") or "victoria"
-    if rec.get("dataset") != args.dataset: return None
+    same = rec.get("dataset") == args.dataset
+    if args.year is None: args.year = rec.get("year", 2017) if same else 2017
+    if args.level is None: args.level = rec.get("level", "L1C") if same else "L1C"
+    if not same: return None
     if args.root is None and rec.get("root") and Path(rec["root"]).is_dir(): args.root = rec["root"]
     if args.mode is None: args.mode = rec.get("mode")
     elif rec.get("mode") and _check_mode(args.dataset, args.mode) != rec["mode"]:
@@ -557,7 +575,7 @@ def cmd_evaluate(args) -> int:
     out = Path(args.output) if args.output else path.parent
     note = data_defaults(args, path)
     mode = _check_mode(args.dataset, args.mode)
-    tag = f"{path.stem}-{args.dataset}-{mode}"                       # outputs are named after the checkpoint
+    tag = re.sub(r"[^\w.+-]", "_", f"{path.stem}-{args.dataset}-{mode}")   # outputs are named after the checkpoint (and data)
     outputs = [out/f"metrics-{tag}.json", out/f"predictions-{tag}.csv"]
     if any(p.exists() for p in outputs) and not args.overwrite:
         raise CLIError(f"{' and '.join(str(p) for p in outputs if p.exists())} already exist(s); pass --overwrite to replace "

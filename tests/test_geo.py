@@ -138,6 +138,29 @@ def test_cli_extract_then_train(catalog, wc, tmp_path, capsys):
     assert (tmp_path / "run" / "results.json").exists()
 
 
+def test_cli_extract_one_region_then_train_and_evaluate(catalog, wc, tmp_path, capsys):
+    "One region of your own: --regions trains on three quarters of its parcels and tests on the rest; evaluate finds them again."
+    out = tmp_path / "out"
+    demo_parcels(wc, 60, seed=3).to_file(tmp_path / "fields.geojson")
+    code = main(["extract", tmp_path / "fields.geojson", "--stac", catalog, "--start", "2020-11-01", "--end", "2021-10-31",
+                 "--label-col", "CODE_CULTU", "--id-col", "id", "--region", "Myfarm", "--out", out, "--band-map", "B8A=B08", "-q"])
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    code = main(["train", "TempCNN", "--dataset", "breizhcrops", "--root", out, "--year", "2020", "--level", "L2A",
+                 "--regions", "Myfarm", "--epochs", "1", "--logdir", tmp_path / "run", "--device", "cpu", *SMALL])
+    text = capsys.readouterr()
+    assert code == 0, text.err
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["mode"] == "regions:Myfarm" and res["train_size"] + res["test_size"] == 60 and 10 <= res["test_size"] <= 20
+    code = main(["evaluate", tmp_path / "run" / "last.pt", "--device", "cpu"])          # dataset, root and mode from the run
+    text = capsys.readouterr()
+    assert code == 0, text.err
+    metrics = json.loads((tmp_path / "run" / "metrics-last-breizhcrops-regions_Myfarm.json").read_text())
+    assert metrics["size"] == res["test_size"] and metrics["accuracy"] == pytest.approx(res["accuracy"])
+    assert main(["train", "TempCNN", "--dataset", "breizhcrops", "--root", out, "--regions", "Myfarm", "--mode", "evaluation1"]) == 2
+    assert "--regions replaces --mode" in capsys.readouterr().err
+
+
 # --- bad input: one clear line naming the file, column or value ----------------------------------------------
 def cli_error(capsys, argv, *fragments):
     capsys.readouterr()                               # drop what the test's own set-up printed

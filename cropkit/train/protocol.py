@@ -8,15 +8,15 @@ import copy, os
 from collections.abc import Sequence
 
 import numpy as np
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from ..data.breizhcrops import BreizhCrops
 from ..models.registry import canonical_name, get_model
 from .parcel import dataset_info
 
 # %% auto #0
-__all__ = ['FOLDS', 'MODE_ALIASES', 'PRESETS', 'fold_regions', 'RegionsDataset', 'fold_datasets', 'preset', 'training_kwargs',
-           'preset_model']
+__all__ = ['FOLDS', 'MODE_ALIASES', 'REGION_MODE', 'HOLDOUT_FRACTION', 'PRESETS', 'region_mode', 'fold_regions', 'RegionsDataset',
+           'RegionsSubset', 'holdout_split', 'fold_datasets', 'preset', 'training_kwargs', 'preset_model']
 
 # %% ../../nbs/22_train.protocol.ipynb #d567899c
 FOLDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -31,12 +31,28 @@ FOLDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 MODE_ALIASES = {"evaluation": "evaluation1"}
 
+REGION_MODE = "regions:"
+"Prefix of a mode that names its own regions: `regions:A+B/C` (train on A and B, test on C) or `regions:A` (hold out a quarter of A)."
+
+def region_mode(train: Sequence[str], test: Sequence[str] = ()) -> str:
+    "The mode string of a split over regions of your own (`test` empty: a stratified quarter of the parcels held out)."
+    names = [str(r).strip() for r in (*train, *test)]
+    if not train or any(not n or any(c in n for c in "+/:, ") for n in names):
+        raise ValueError(f"region names must be non-empty, without '+', '/', ':', ',' or spaces; got train {list(train)}, test {list(test)}")
+    return REGION_MODE + "+".join(map(str, train)) + (("/" + "+".join(map(str, test))) if test else "")
+
 def fold_regions(mode: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    "The (training regions, evaluation regions) of `mode`; raises listing the valid modes."
+    "The (training regions, evaluation regions) of `mode` (empty evaluation regions: held out from training); raises listing the valid modes."
+    if isinstance(mode, str) and mode.strip().startswith(REGION_MODE):
+        train, _, test = mode.strip()[len(REGION_MODE):].partition("/")
+        train, test = tuple(r for r in train.split("+") if r), tuple(r for r in test.split("+") if r)
+        if not train: raise ValueError(f"mode {mode!r} names no training region: use regions:A+B/C or regions:A")
+        return train, test
     key = mode.strip().lower() if isinstance(mode, str) else mode
     key = MODE_ALIASES.get(key, key)
     if key not in FOLDS:
-        raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(FOLDS)} (and 'evaluation' = 'evaluation1')")
+        raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(FOLDS)} (and 'evaluation' = 'evaluation1'), "
+                         "or regions of your own: regions:A+B/C (train A and B, test C) or regions:A (a quarter of A held out)")
     return FOLDS[key]
 
 # %% ../../nbs/22_train.protocol.ipynb #c4ec0931
@@ -64,6 +80,31 @@ class RegionsDataset(ConcatDataset):
         return f"RegionsDataset({'+'.join(self.regions)}, {len(self)} parcels, {self.num_classes} classes)"
 
 # %% ../../nbs/22_train.protocol.ipynb #92cf2464
+class RegionsSubset(Subset):
+    "Some parcels of a `RegionsDataset`, keeping its `regions`, `classes`, `num_classes`, `bands`, `sequencelength`."
+    def __init__(self, data: RegionsDataset, indices, part: str):
+        super().__init__(data, list(indices))
+        for k in ("regions", "classes", "num_classes", "bands", "sequencelength"): setattr(self, k, getattr(data, k))
+        self.part = part
+    def __repr__(self): return f"RegionsSubset({'+'.join(self.regions)}, {self.part}: {len(self)} parcels)"
+
+HOLDOUT_FRACTION = 0.25
+
+def holdout_split(data: RegionsDataset, fraction: float = HOLDOUT_FRACTION, seed: int = 0) -> tuple[RegionsSubset, RegionsSubset]:
+    "(training, test) parcels of `data`: `fraction` of every class held out at random (fixed `seed`, so evaluation finds the same test parcels)."
+    if not 0 < fraction < 1: raise ValueError(f"the held-out fraction must lie in (0, 1), got {fraction}")
+    y = np.concatenate([np.asarray(getattr(d, "_labels", None) if getattr(d, "_labels", None) is not None
+                                   else [int(d[i][1]) for i in range(len(d))]) for d in data.datasets])
+    rng, held = np.random.default_rng(seed), []
+    for c in np.unique(y):                            # per class: round(n·fraction) held out, at least one kept for training
+        members = rng.permutation(np.flatnonzero(y == c))
+        held.extend(members[:min(int(round(len(members) * fraction)), len(members) - 1)])
+    if not held: raise ValueError(f"regions {data.regions}: too few parcels ({len(y)}) to hold out {fraction:.0%} of any class; "
+                                  "name test regions (regions:A/B) or add parcels")
+    test = np.zeros(len(y), bool); test[held] = True
+    return (RegionsSubset(data, np.flatnonzero(~test), "training"),
+            RegionsSubset(data, np.flatnonzero(test), f"held-out {fraction:.0%}"))
+
 def fold_datasets(mode: str, root: str | os.PathLike, year: int = 2017, level: str = "L1C",
                   **dataset_kwargs) -> tuple[RegionsDataset, RegionsDataset]:
     "The (training, evaluation) datasets of fold `mode` from the BreizhCrops folder `root`."
@@ -73,6 +114,7 @@ def fold_datasets(mode: str, root: str | os.PathLike, year: int = 2017, level: s
         if name not in opened: opened[name] = BreizhCrops(name, root=root, year=year, level=level, **dataset_kwargs)
         return opened[name]
     train = RegionsDataset([region(r) for r in train_regions], train_regions)
+    if not test_regions: return holdout_split(train)
     test = RegionsDataset([region(r) for r in test_regions], test_regions)
     if train.classes != test.classes:
         raise ValueError(f"training regions {train.regions} and evaluation regions {test.regions} use different classes")
