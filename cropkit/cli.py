@@ -617,7 +617,7 @@ def cmd_predict(args) -> int:
     out = Path(args.out)
     if out.suffix != ".csv": raise CLIError(f"--out must name a .csv file, got {out}")
     if out.exists() and not args.overwrite: raise CLIError(f"{out} already exists; pass --overwrite to replace it")
-    if not out.parent.is_dir(): raise CLIError(f"the folder of --out does not exist: {out.parent}")
+    if out.parent.exists() and not out.parent.is_dir(): raise CLIError(f"the folder of --out is a file: {out.parent}")
     from cropkit.train.inference import load_predictor
     predictor = load_predictor(args.checkpoint, args.device, args.batchsize or 4096)
     if args.csv:
@@ -639,7 +639,7 @@ def cmd_predict(args) -> int:
     frame = preds.to_frame(predictor.classes)
     frame.insert(4, "class", [predictor.classes[i] for i in preds.y_pred])
     frame.insert(5, "confidence", preds.y_score.max(1))
-    _write_predictions(frame, out, Path(args.checkpoint))
+    _write_predictions(frame, out, Path(args.checkpoint))           # atomic_write creates the folder of --out
     msg = f"{predictor.name}: {len(preds)} series of {source} predicted"
     if (preds.y_true >= 0).all(): msg += f"; {format_scores(preds.metrics())}"
     print(f"{msg} [{time.perf_counter() - t0:.1f} s] -> {out}")

@@ -12,7 +12,7 @@ import torch
 
 # %% auto #0
 __all__ = ['PLUGIN_GROUP', 'get_device', 'to_device', 'autocast', 'set_seed', 'load_plugins', 'data_path', 'atomic_write',
-           'require_file']
+           'output_folder', 'require_file']
 
 # %% ../nbs/00_core.ipynb #ead99495
 def _mps_available() -> bool:
@@ -129,6 +129,21 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+        raise
+
+# %% ../nbs/00_core.ipynb #outfold02
+@contextlib.contextmanager
+def output_folder(folder: str | os.PathLike):
+    "Create `folder` (with parents) for a command's outputs; if the block fails, remove the folders it created that are still empty."
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try: folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise OSError(f"cannot create the output folder {folder}: {e}") from e
+    try: yield folder
+    except BaseException:
+        for p in created:                                   # innermost first; stop at the first that is not empty
+            try: p.rmdir()
+            except OSError: break
         raise
 
 # %% ../nbs/00_core.ipynb #62df08a8

@@ -128,7 +128,7 @@ def test_map_refuses_and_writes_nothing(wc, wc_model, tmp_path, capsys):
     refused(["--out", tmp_path / "m.tif", "--parcels", parcels], "--parcels and --out-parcels go together")
     refused(["--out", tmp_path / "m.png"], "--out must name the class-map GeoTIFF")
     refused(["--out", tmp_path / "m.tif", "--bbox", "10,10,11,11"], "does not overlap")
-    refused(["--out", tmp_path / "nowhere" / "m.tif"], "does not exist")
+    refused(["--out", tmp_path / "new" / "folders" / "m.tif", "--period", "61D"], "6 dates")   # the folders it made are gone
     (tmp_path / "m_probs.tif").write_text("an earlier map")
     code, _, err = run(capsys, base + ["--out", tmp_path / "m.tif"])
     assert code == 2 and "m_probs.tif already exists" in err

@@ -63,20 +63,26 @@ def _probabilities_from(path):
 
 def cmd_map(args) -> int:
     "Run `cropkit map`: load the model, open the imagery, write the map products (and the parcel map)."
-    from cropkit.evaluate.area import check_output
-    from cropkit.geo.raster import product_paths
-    from cropkit.geo.classify import map_cube, parcel_map, write_parcel_map, _report_path
-    from cropkit.train.inference import load_predictor
     t0 = time.perf_counter()
     _check_map_args(args)
     out = Path(args.out)
     if out.suffix.lower() not in (".tif", ".tiff"): raise ValueError(f"--out must name the class-map GeoTIFF (…/map.tif), got {out}")
-    if not out.parent.is_dir(): raise FileNotFoundError(f"the folder of --out does not exist: {out.parent}")
+    if out.parent.exists() and not out.parent.is_dir(): raise FileNotFoundError(f"the folder of --out is a file: {out.parent}")
+    from cropkit.core import output_folder
+    with output_folder(out.parent): return _map_into(args, out, t0)      # a refused or failed run leaves no new folder
+
+def _map_into(args, out: Path, t0: float) -> int:
+    from cropkit.evaluate.area import check_output
+    from cropkit.geo.raster import product_paths
+    from cropkit.geo.classify import map_cube, parcel_map, write_parcel_map, _report_path
+    from cropkit.train.inference import load_predictor
     for p in [*product_paths(out).values(), _report_path(out), *([Path(args.out_parcels)] if args.out_parcels else [])]:
         check_output(p, args.overwrite, "output")
     band_map = parse_band_map(args.band_map)
     predictor = load_predictor(args.checkpoint, args.device, args.batchsize)
-    wanted = [band_map.get(b, b) for b in predictor.bands] if predictor.bands else None
+    from cropkit.geo.cube import band_key
+    wanted = list({band_key(w): w for w in (band_map.get(b, b) for b in predictor.bands)}.values()) if predictor.bands else None
+    # (each cube band read once, even when two model bands use it: B8 and B8A=B08)
     from cropkit.geo.classify import map_chunks
     cube = cube_from_args(args, bands=_csv(args.bands) or wanted,
                           chunks=map_chunks(predictor.sequencelength or 24, predictor.input_dim))

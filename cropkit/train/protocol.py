@@ -8,15 +8,18 @@ import copy, os
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from ..data.breizhcrops import BreizhCrops
+from ..data.breizhcrops import BreizhCrops, SEQUENCE_LENGTH, default_transform
+from ..data.layout import breizhcrops_paths
 from ..models.registry import canonical_name, get_model
 from .parcel import dataset_info
 
 # %% auto #0
 __all__ = ['FOLDS', 'MODE_ALIASES', 'REGION_MODE', 'HOLDOUT_FRACTION', 'PRESETS', 'region_mode', 'fold_regions', 'RegionsDataset',
-           'RegionsSubset', 'holdout_split', 'fold_datasets', 'preset', 'training_kwargs', 'preset_model']
+           'RegionsSubset', 'holdout_split', 'regular_length', 'fold_datasets', 'preset', 'training_kwargs',
+           'preset_model']
 
 # %% ../../nbs/22_train.protocol.ipynb #d567899c
 FOLDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -105,13 +108,25 @@ def holdout_split(data: RegionsDataset, fraction: float = HOLDOUT_FRACTION, seed
     return (RegionsSubset(data, np.flatnonzero(~test), "training"),
             RegionsSubset(data, np.flatnonzero(test), f"held-out {fraction:.0%}"))
 
+def regular_length(root, region: str, year: int = 2017, level: str = "L1C") -> int | None:
+    "T if every series of the region has the same T < 45 dates (regular composites, e.g. from `cropkit extract`), else None."
+    try:
+        steps = pd.read_csv(breizhcrops_paths(root, region, year, level).index, usecols=["sequencelength"])["sequencelength"]
+    except Exception: return None                     # missing or broken index: BreizhCrops itself says what is wrong
+    values = steps.dropna().unique()
+    return int(values[0]) if len(values) == 1 and 0 < values[0] < SEQUENCE_LENGTH else None
+
 def fold_datasets(mode: str, root: str | os.PathLike, year: int = 2017, level: str = "L1C",
                   **dataset_kwargs) -> tuple[RegionsDataset, RegionsDataset]:
     "The (training, evaluation) datasets of fold `mode` from the BreizhCrops folder `root`."
     train_regions, test_regions = fold_regions(mode)
     opened: dict[str, Dataset] = {}
     def region(name):
-        if name not in opened: opened[name] = BreizhCrops(name, root=root, year=year, level=level, **dataset_kwargs)
+        if name not in opened:
+            kwargs = dict(dataset_kwargs)
+            steps = None if "transform" in kwargs else regular_length(root, name, year, level)
+            if steps: kwargs["transform"] = default_transform(level, steps, sampling="even")   # every date, in order
+            opened[name] = BreizhCrops(name, root=root, year=year, level=level, **kwargs)
         return opened[name]
     train = RegionsDataset([region(r) for r in train_regions], train_regions)
     if not test_regions: return holdout_split(train)
