@@ -83,6 +83,8 @@ def test_readme_shell_commands(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     make_inputs(tmp_path)
+    assert all(key in [" ".join(a) for a in commands][0] or any(" ".join(a).startswith(key) for a in commands)
+               for key in EXPECTED), "a command of EXPECTED is no longer in the README"
     for args in commands:
         line = " ".join(args)
         if args[0] == "assess": assert label_points(tmp_path) > 50
@@ -93,6 +95,8 @@ def test_readme_shell_commands(tmp_path, monkeypatch, capsys):
             if line.startswith(key):
                 missing = [f for f in files if not (tmp_path / f).exists()]
                 assert not missing, f"cropkit {line} did not write {missing}"
+                unnamed = [f for f in files if Path(f).name not in out]
+                assert not unnamed, f"cropkit {line} wrote {unnamed} without saying so:\n{out}"
     report = json.loads((tmp_path / "runs" / "report.json").read_text())
     assert 0 <= report["overall_accuracy"] <= 1 and set(report["area_ha"]) >= set(report["mapped_area_ha"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "parcels.gpkg", "runs", "samples.gpkg"]   # all under runs/

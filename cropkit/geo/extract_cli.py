@@ -147,4 +147,6 @@ def cmd_extract(args) -> int:
     print(f"wrote {written} parcel series ({cube.sizes['time']} dates, {cube.sizes['band']} bands) to {index} in "
           f"{time.perf_counter() - t0:.1f} s; {len(sk)} parcel(s) left out "
           f"{sk['reason'].value_counts().to_dict() if len(sk) else ''}; {len(ds.parcel) - written} all-cloudy parcel(s) skipped")
+    region = [index.with_suffix(s).name for s in (".csv", ".h5", ".json") if index.with_suffix(s).exists()]
+    print(f"wrote {', '.join(region)} in {index.parent} (and classmapping.csv, codes.csv in {args.out})")
     return 0

@@ -442,11 +442,21 @@ def run_train(a: argparse.Namespace) -> H2CropTrainer:
     if trainer.backbone_report is not None: trainer.log(repr(trainer.backbone_report))
     trainer.fit(resume=a.resume)
     if a.test: trainer.test("test", "best" if trainer.val_ds is not None else "last")
+    _say_written(trainer.work_dir)
     return trainer
+
+def _say_written(folder: Path, names: Sequence[str] | None = None) -> None:
+    "Print which files a command wrote (`names`, or all files of `folder`) and where."
+    if folder is None or not Path(folder).is_dir(): return
+    names = sorted(p.name for p in Path(folder).iterdir() if p.is_file()) if names is None else list(names)
+    print(f"wrote {', '.join(names)} in {folder}")
 
 def run_test(a: argparse.Namespace) -> HierarchicalMetrics:
     "The `test` command: score a checkpoint on a split and write `<split>_metrics.json`, `_summary.csv`, `_per_class.csv`."
-    return _trainer_from_args(a, train=False).test(a.split, a.checkpoint)
+    trainer = _trainer_from_args(a, train=False)
+    metrics = trainer.test(a.split, a.checkpoint)
+    _say_written(trainer.work_dir, [f"{a.split}_metrics.json", f"{a.split}_summary.csv", f"{a.split}_per_class.csv"])
+    return metrics
 
 BAD_INPUT = (FileNotFoundError, FileExistsError, KeyError, ValueError, TypeError, NotADirectoryError, IsADirectoryError,
              PermissionError)
