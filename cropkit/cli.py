@@ -73,7 +73,8 @@ def parse_hyperparameters(text: str | None) -> dict:
     return out
 
 # %% ../nbs/60_cli.ipynb #e6c19ecf
-DATASETS = ("victoria", "breizhcrops")
+from .data.registry import BUILTIN_DATASETS
+DATASETS = BUILTIN_DATASETS             # the datasets the command line knows without a plugin (one list, in data.registry)
 VICTORIA_MODES = ("evaluation", "validation", "grouped")
 
 class _Parser(argparse.ArgumentParser):
@@ -542,19 +543,13 @@ def _check_data_fits(ck: dict, data, path) -> None:
     if classes is not None and ck.get("classes") and list(ck["classes"]) != list(classes):
         raise CLIError(f"checkpoint {path} was trained with the classes {ck['classes']}, the data have {list(classes)}")
 
-def trained_on(path: Path) -> dict:
-    "The data record (dataset, root, mode, classes, ...) stored with checkpoint `path` by cropkit train; {} if none."
-    if path.suffix in (".skops", ".pkl"):
-        from cropkit.train.baselines import RandomForestBaseline
-        manifest = RandomForestBaseline.load(path).manifest
-    else:
-        from cropkit.train import read_checkpoint
-        manifest = read_checkpoint(path).get("manifest")
-    return dict((manifest or {}).get("data") or {})
+def trained_on(predictor) -> dict:
+    "The data record (dataset, root, mode, classes, ...) that cropkit train stored with a loaded checkpoint; {} if none."
+    return dict(((predictor.meta or {}).get("manifest") or {}).get("data") or {})
 
-def data_defaults(args, path: Path) -> str | None:
-    "Fill --dataset, --mode and --root left out with what checkpoint `path` was trained on; a note if the mode differs."
-    rec = trained_on(path) if path.is_file() else {}
+def data_defaults(args, predictor) -> str | None:
+    "Fill --dataset, --mode and --root left out with what the loaded checkpoint was trained on; a note if the mode differs."
+    rec, path = trained_on(predictor), predictor.checkpoint
     if args.dataset is None: args.dataset = rec.get("dataset") or "victoria"
     same = rec.get("dataset") == args.dataset
     if args.year is None: args.year = rec.get("year", 2017) if same else 2017
@@ -573,7 +568,9 @@ def cmd_evaluate(args) -> int:
     path = Path(args.checkpoint)
     if not path.is_file(): raise CLIError(f"checkpoint not found: {path}")
     out = Path(args.output) if args.output else path.parent
-    note = data_defaults(args, path)
+    from cropkit.train.inference import load_predictor
+    predictor = load_predictor(path, args.device)                  # read once: model, metadata, training record
+    note = data_defaults(args, predictor)
     mode = _check_mode(args.dataset, args.mode)
     tag = re.sub(r"[^\w.+-]", "_", f"{path.stem}-{args.dataset}-{mode}")   # outputs are named after the checkpoint (and data)
     outputs = [out/f"metrics-{tag}.json", out/f"predictions-{tag}.csv"]
@@ -583,9 +580,8 @@ def cmd_evaluate(args) -> int:
     _check_writable(out)
     splits = splits_from_args(args)
     data = splits["test"] if splits["test"] is not None else splits["valid"]
-    if path.suffix in (".skops", ".pkl"):
-        from cropkit.train.baselines import RandomForestBaseline
-        rf = RandomForestBaseline.load(path)
+    if predictor.is_forest:
+        rf = predictor.model
         x = data[0][0]
         if tuple(x.shape) != rf.input_shape:
             raise CLIError(f"random forest {path} expects series of shape {rf.input_shape} (time, bands), the data have {tuple(x.shape)}")
@@ -595,7 +591,7 @@ def cmd_evaluate(args) -> int:
         from cropkit.core import atomic_write
         _write_predictions(frame, out/f"predictions-{tag}.csv", path)
     else:
-        model, ck = load_trained_model(path, args.device)
+        model, ck = predictor.model, predictor.meta
         _check_data_fits(ck, data, path)
         from cropkit.train.recipes import evaluate_model
         preds = evaluate_model(model, data, ck.get("normalization"), device=args.device,
@@ -628,7 +624,7 @@ def cmd_predict(args) -> int:
                                         predictor.classes if args.label_col else None)
         source = str(args.csv)
     else:
-        note = data_defaults(args, Path(args.checkpoint))
+        note = data_defaults(args, predictor)
         if note: print(note)
         splits = splits_from_args(args)
         data = splits[args.split]

@@ -24,7 +24,7 @@ __all__ = ['Predictor', 'load_predictor']
 
 # %% ../../nbs/27_train.inference.ipynb #082478ce
 _META = ("name", "hparams", "input_dim", "num_classes", "sequencelength", "classes", "normalization", "bands", "extra",
-         "format", "version")
+         "format", "version", "manifest")
 
 @dataclass(eq=False)
 class Predictor:
@@ -159,7 +159,8 @@ def load_predictor(checkpoint: str | os.PathLike, device: str | torch.device | N
         from cropkit.train.baselines import RandomForestBaseline
         rf = RandomForestBaseline.load(path)
         return Predictor(rf, "RandomForest", [str(c) for c in rf.classes], rf.bands, int(rf.input_shape[0]), None, path,
-                         sha, torch.device("cpu"), batch_size, {"name": "RandomForest", "input_shape": list(rf.input_shape)})
+                         sha, torch.device("cpu"), batch_size, {"name": "RandomForest", "input_shape": list(rf.input_shape),
+                                                                "manifest": rf.manifest})
     ck = load_checkpoint(path)
     missing = [k for k in ("name", "hparams", "input_dim", "num_classes", "sequencelength") if k not in ck]
     if missing: raise ValueError(f"{path} is not a cropkit model checkpoint (no {', '.join(missing)})")

@@ -713,6 +713,12 @@ def _warp_to_lonlat(path, max_side: int):
                        dst_crs="EPSG:4326", resampling=warp.Resampling.nearest, src_nodata=np.nan, dst_nodata=np.nan)
         return out, [[south, west], [north, east]], src.tags(), src.scales[0]
 
+def _class_table(path) -> tuple[dict[int, str], dict[int, str]]:
+    "The {code: name} and {code: colour} tables of a class-map GeoTIFF, as `cropkit.geo.raster.map_info` reads them."
+    from cropkit.geo.raster import map_info
+    info = map_info(path)
+    return info.names or {}, info.colors or {}
+
 def map_overlay(path, *, m=None, opacity: float = 0.8, name: str | None = None, legend: bool = True,
                 max_side: int = 2048, tiles: str | None = None, attr: str | None = None, width="100%", height=450):
     "Folium map (new, or `m`) with a class map or uncertainty GeoTIFF of `cropkit map` as an image overlay, in lon/lat."
@@ -722,8 +728,7 @@ def map_overlay(path, *, m=None, opacity: float = 0.8, name: str | None = None, 
     valid = np.isfinite(arr)
     rgba = np.zeros(arr.shape + (4,), np.uint8)
     if product == "class":
-        names = {int(k): v for k, v in json.loads(tags.get("CLASS_NAMES", "{}")).items()}
-        colors = {int(k): v for k, v in json.loads(tags.get("CLASS_COLORS", "{}")).items()}
+        names, colors = _class_table(path)
         codes = np.where(valid, arr, -1).astype(np.int64)
         entries = []
         for k in sorted(set(np.unique(codes[valid]).tolist())):
@@ -763,9 +768,8 @@ def map_view(path, uncertainty=None, max_side: int = 1024, width: int = 420, tit
     hv = require_viz("holoviews", "map views")
     require_viz("holoviews.plotting.bokeh", "map views")
     from bokeh.models import FixedTicker
-    arr, xs, ys, tags, _ = _read_decimated(path, max_side)
-    names = {int(k): v for k, v in json.loads(tags.get("CLASS_NAMES", "{}")).items()}
-    colors = {int(k): v for k, v in json.loads(tags.get("CLASS_COLORS", "{}")).items()}
+    arr, xs, ys, _, _ = _read_decimated(path, max_side)
+    names, colors = _class_table(path)
     present = sorted(int(v) for v in np.unique(arr[np.isfinite(arr)]))
     if not present: raise ValueError(f"{path} holds no mapped pixel (all no-data)")
     slot = np.full(arr.shape, np.nan)                       # each present class -> 0..K-1, so the colour bar is compact
