@@ -107,6 +107,13 @@ class VictoriaS2(Dataset):
         X = torch.as_tensor(X, dtype=torch.float32)
         return X, torch.tensor(self.y[i], dtype=torch.int64), int(self.ids[i])
 
+    def __getitems__(self, indices) -> list:
+        "The samples `indices` in one indexing step (what a DataLoader asks for a batch); same values as `ds[i]`."
+        if self.transform is not None: return [self[i] for i in indices]
+        idx = np.asarray(indices, dtype=np.int64)
+        X, y = torch.from_numpy(self.raw[idx] * np.float32(1e-4)), torch.from_numpy(self.y[idx])
+        return list(zip(X.unbind(0), y.unbind(0), self.ids[idx].tolist()))
+
     def to_xarray(self):
         "The split as a (parcel, time, band) `DataArray` of reflectance with coords label, classname, objectid."
         da = parcels_to_xarray(self.X, self.bands, ids=np.arange(len(self)), labels=self.y, classes=self.classes)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tempcnn import check_batch
+from .tempcnn import Dropout, check_batch
 from .inceptiontime import _check_positive_int, _check_bool
 
 # %% auto #0
@@ -68,7 +68,7 @@ class StarLayer(nn.Module):
         self.bidirectional = _check_bool("bidirectional", bidirectional)
         self.cell = StarCell(input_dim, hidden_dim)
         if bidirectional: self.cell_reverse = StarCell(input_dim, hidden_dim)
-        self.dropout = nn.Dropout(_check_dropout(dropout))
+        self.dropout = Dropout(_check_dropout(dropout))
         self.bn_layer = nn.BatchNorm1d(hidden_dim * (2 if bidirectional else 1))
 
     @property

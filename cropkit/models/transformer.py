@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tempcnn import check_batch
+from .tempcnn import Dropout, check_batch
 
 # %% auto #0
 __all__ = ['TransformerModel', 'sinusoidal_encoding', 'PositionalEncoding', 'PETransformerModel']
@@ -66,7 +66,7 @@ class PositionalEncoding(nn.Module):
         super().__init__()
         self.max_len = max_len
         self.register_buffer("table", sinusoidal_encoding(max_len, d_model), persistent=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         "`x` plus the encoding of its positions 0..time-1."

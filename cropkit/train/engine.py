@@ -62,11 +62,18 @@ def check_hyperparameters(lr: float = 1e-3, epochs: int = 1, weight_decay: float
                 patience=None if patience is None else int(patience), min_delta=float(min_delta))
 
 # %% ../../nbs/20_train.engine.ipynb #b6705c77
+def _fused_on_cpu(params: list) -> bool:
+    "True if every parameter is a floating-point CPU tensor: the fused Adam kernel applies."
+    return bool(params) and all(isinstance(p, torch.Tensor) and p.device.type == "cpu" and p.is_floating_point() for p in params)
+
 def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    "Adam, AdamW or SGD (Nesterov momentum 0.9) by name."
+    """Adam, AdamW or SGD (Nesterov momentum 0.9) by name. Adam and AdamW on CPU use torch's fused kernel (the
+    default there is a Python loop over the parameters); on GPUs torch's default (multi-tensor) is kept."""
     name = check_hyperparameters(lr=lr, weight_decay=weight_decay, optimizer=name)["optimizer"]
-    if name == "adam": return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw": return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    params = list(params)
+    fused = True if name in ("adam", "adamw") and _fused_on_cpu(params) else None
+    if name == "adam": return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    if name == "adamw": return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
     return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
 
 def _cosine_factor(step: int, total: int, warmup: int) -> float:

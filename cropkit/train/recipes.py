@@ -21,9 +21,9 @@ from .parcel import predict
 
 # %% auto #0
 __all__ = ['SPECTRAL_INDICES', 'NORMALIZATIONS', 'LOG_OFFSET', 'AUGMENTATIONS', 'RECIPES', 'input_features', 'band_statistics',
-           'index_pairs', 'Normalized', 'normalize', 'check_augmentation', 'Augmented', 'augment', 'Split',
-           'dataset_labels', 'sample_groups', 'stratified_folds', 'stratified_split', 'Recipe', 'train_recipe',
-           'evaluate_model', 'get_recipe', 'default_recipe']
+           'fetch_samples', 'stack_series', 'index_pairs', 'Normalized', 'normalize', 'check_augmentation', 'Augmented',
+           'augment', 'Split', 'dataset_labels', 'sample_groups', 'stratified_folds', 'stratified_split', 'Recipe',
+           'train_recipe', 'evaluate_model', 'get_recipe', 'default_recipe']
 
 # %% ../../nbs/25_train.recipes.ipynb #23eb09b8
 def _x_numpy(x) -> np.ndarray:
@@ -73,13 +73,27 @@ def _find_attr(ds, name: str):
             elif isinstance(ds, torch.utils.data.ConcatDataset) and ds.datasets: ds = ds.datasets[0]
             else: raise
 
+def fetch_samples(ds, indices) -> list:
+    """Samples `indices` of `ds` as a list of tuples: through its batched `__getitems__` when it has one (the
+    protocol torch's DataLoader uses for a whole batch), else one `ds[i]` at a time."""
+    getitems = getattr(ds, "__getitems__", None)
+    return getitems([int(i) for i in indices]) if getitems is not None else [ds[int(i)] for i in indices]
+
+def stack_series(samples) -> torch.Tensor | None:
+    "The series of `samples` stacked into one float32 (batch, time, bands) tensor; None if their shapes differ."
+    xs = [torch.as_tensor(s[0], dtype=torch.float32) for s in samples]
+    return torch.stack(xs) if all(x.shape == xs[0].shape for x in xs) else None
+
 class _DatasetWrapper(Dataset):
-    "Base for datasets wrapping a parcel dataset: its attributes (`classes`, `bands`, ...) show through."
+    """Base for datasets wrapping a parcel dataset: its attributes (`classes`, `bands`, ...) show through.
+    Subclasses transform whole batches in `__getitems__`; `ds[i]` is the batch of one."""
     def __init__(self, ds): self.ds = ds
     def __len__(self) -> int: return len(self.ds)
     def __getattr__(self, name):
         if name.startswith("__") or name == "ds": raise AttributeError(name)
         return _find_attr(self.ds, name)
+    def __getitems__(self, indices) -> list: return fetch_samples(self.ds, indices)
+    def __getitem__(self, i): return self.__getitems__([i])[0]
 
 NORMALIZATIONS = ("standardize", "log-standardize", "none")
 LOG_OFFSET = 1e-3  # reflectance added before the logarithm: dark pixels (water ~0.01) stay finite and distinct
@@ -135,12 +149,17 @@ class Normalized(_DatasetWrapper):
                 "std": self.std.tolist(), "log_offset": self.log_offset, "indices": list(self.indices),
                 "time_channel": self.time_channel, "bands": self.raw_bands}
 
-    def __getitem__(self, i):
-        x, y, fid = self.ds[i]
-        x = torch.as_tensor(x, dtype=torch.float32)
+    def _features(self, x: torch.Tensor, i) -> torch.Tensor:
         if x.shape[-1] != self.raw_dim:
             raise ValueError(f"sample {i} has {x.shape[-1]} bands but the normalisation was computed for {self.raw_dim}")
-        return (input_features(x, self.log_offset, self.pairs, self.time_channel) - self.mean) / self.std, y, fid
+        return (input_features(x, self.log_offset, self.pairs, self.time_channel) - self.mean) / self.std
+
+    def __getitems__(self, indices) -> list:
+        samples = fetch_samples(self.ds, indices)
+        x = stack_series(samples)
+        if x is None: xs = [self._features(torch.as_tensor(s[0], dtype=torch.float32), i) for s, i in zip(samples, indices)]
+        else: xs = self._features(x, indices[0]).unbind(0)      # one vectorised pass for the batch (one shape)
+        return [(x, s[1], s[2]) for x, s in zip(xs, samples)]
 
 def normalize(ds, normalization: dict | str | None, max_samples: int | None = 5000, indices=(), time_channel: bool = False):
     """Wrap `ds` in `Normalized`: a checkpoint's dict, or 'standardize' / 'log-standardize' fitted on `ds` (with
@@ -202,23 +221,30 @@ class Augmented(_DatasetWrapper):
             except (AttributeError, TypeError):
                 raise ValueError("mixup needs the number of classes: the dataset has no num_classes attribute") from None
 
-    def _perturb(self, x):
-        x = torch.as_tensor(x, dtype=torch.float32)
-        if self.scale: x = x * torch.exp(self.scale * torch.randn(()))
+    def _perturb(self, x: torch.Tensor) -> torch.Tensor:
+        "Gain, noise and shift of a batch `x` (batch, time, bands), drawn per sample."
+        if self.scale: x = x * torch.exp(self.scale * torch.randn(len(x), 1, 1))
         if self.noise: x = x + self.noise * torch.randn_like(x)
-        if self.shift: x = torch.roll(x, int(torch.randint(-self.shift, self.shift + 1, ())), dims=0)
+        if self.shift:
+            steps = torch.randint(-self.shift, self.shift + 1, (len(x),)).tolist()
+            x = torch.stack([torch.roll(xi, k, dims=0) for xi, k in zip(x, steps)])
         return x
 
-    def __getitem__(self, i):
-        x, y, fid = self.ds[i]
-        x = self._perturb(x)
-        if not self.mixup: return x, y, fid
-        j = int(torch.randint(len(self.ds), ()))
-        x2, y2, _ = self.ds[j]
-        lam = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
-        target = lam * F.one_hot(torch.as_tensor(y), self.n_classes).float() + \
-                 (1 - lam) * F.one_hot(torch.as_tensor(y2), self.n_classes).float()
-        return lam * x + (1 - lam) * self._perturb(x2), target, fid
+    def _series(self, samples) -> list[torch.Tensor]:
+        x = stack_series(samples)
+        if x is not None: return list(self._perturb(x).unbind(0))
+        return [self._perturb(torch.as_tensor(s[0], dtype=torch.float32)[None])[0] for s in samples]
+
+    def __getitems__(self, indices) -> list:
+        samples = fetch_samples(self.ds, indices)
+        xs = self._series(samples)
+        if not self.mixup: return [(x, s[1], s[2]) for x, s in zip(xs, samples)]
+        partners = fetch_samples(self.ds, torch.randint(len(self.ds), (len(samples),)).tolist())
+        x2s = self._series(partners)
+        lam = torch.distributions.Beta(self.mixup, self.mixup).sample((len(samples),))
+        labels = lambda ss: F.one_hot(torch.as_tensor([int(s[1]) for s in ss]), self.n_classes).float()
+        targets = lam[:, None] * labels(samples) + (1 - lam[:, None]) * labels(partners)
+        return [(float(l) * x + (1 - float(l)) * x2, t, s[2]) for x, x2, l, t, s in zip(xs, x2s, lam, targets, samples)]
 
 def augment(ds, augmentation: dict | None):
     "Wrap `ds` in `Augmented(**augmentation)`; no wrapper for an empty/None `augmentation`."
@@ -232,7 +258,7 @@ class Split(_DatasetWrapper):
         super().__init__(ds)
         self.indices = np.asarray(indices, dtype=np.int64)
     def __len__(self) -> int: return len(self.indices)
-    def __getitem__(self, i): return self.ds[int(self.indices[i])]
+    def __getitems__(self, indices) -> list: return fetch_samples(self.ds, self.indices[np.asarray(indices, dtype=np.int64)])
 
 def dataset_labels(ds) -> np.ndarray:
     "The class id of every sample of `ds` (read from a `y` array attribute when there is one, else item by item)."
