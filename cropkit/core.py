@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PLUGIN_GROUP', 'get_device', 'to_device', 'autocast', 'set_seed', 'load_plugins', 'data_path', 'atomic_write',
-           'output_folder', 'require_file']
+__all__ = ['PLUGIN_GROUP', 'get_device', 'to_device', 'autocast', 'set_seed', 'load_plugins', 'check_plugin_name', 'data_path',
+           'atomic_write', 'output_folder', 'require_file']
 
 # %% ../nbs/00_core.ipynb #ead99495
 def _mps_available() -> bool:
@@ -83,6 +83,12 @@ def load_plugins() -> list[str]:
         except Exception as e: raise ImportError(f"cropkit plugin {what} failed to import: {type(e).__name__}: {e}") from e
         _loaded_plugins.add(module); new.append(module)
     return new
+
+def check_plugin_name(kind: str, name) -> str:
+    "`name` stripped if it is a usable name for a registered `kind` (model, dataset): letters, digits, - and _ ."
+    if not isinstance(name, str) or not name.strip() or not name.strip().replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"{kind} name must be letters, digits, '-' or '_', got {name!r}")
+    return name.strip()
 
 # %% ../nbs/00_core.ipynb #390fe17a
 def _package_dir() -> Path:

@@ -6,7 +6,7 @@
 from __future__ import annotations
 from collections.abc import Callable
 
-from ..core import load_plugins
+from ..core import check_plugin_name, load_plugins
 
 # %% auto #0
 __all__ = ['BUILTIN_DATASETS', 'DATASET_LOADERS', 'register_dataset', 'dataset_names', 'get_dataset_loader', 'load_dataset']
@@ -22,8 +22,7 @@ def register_dataset(fn=None, *, name: str | None = None, replace: bool = False)
     "Decorator: register `fn(root=None, mode=None, seed=0)` → splits as dataset `name` (default: the function's name)."
     def add(f):
         if not callable(f): raise TypeError(f"register_dataset takes a function, got {f!r}")
-        n = (name or f.__name__).strip().lower()
-        if not n.replace("_", "").replace("-", "").isalnum(): raise ValueError(f"dataset name must be letters, digits, '-' or '_', got {n!r}")
+        n = check_plugin_name("dataset", name or f.__name__).lower()
         if n in BUILTIN_DATASETS: raise ValueError(f"{n!r} is a built-in dataset; choose another name")
         if n in DATASET_LOADERS and DATASET_LOADERS[n] is not f and not replace:
             raise ValueError(f"a dataset {n!r} is already registered ({DATASET_LOADERS[n].__module__}); pass replace=True")

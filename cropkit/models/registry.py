@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from collections.abc import Sequence
-from ..core import atomic_write, get_device, load_plugins, require_file
+from ..core import atomic_write, check_plugin_name, get_device, load_plugins, require_file
 from .tempcnn import TempCNN
 from .lstm import LSTM
 from .transformer import TransformerModel, PETransformerModel
@@ -136,9 +136,7 @@ def register_model(cls=None, *, name: str | None = None, aliases: Sequence[str] 
         no_default = [k for k, p in params.items() if k != "self" and k not in _DATA_ARGS
                       and p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty]
         if no_default: raise TypeError(f"{c.__name__}: hyperparameters {no_default} need default values")
-        n = name or c.__name__
-        if not isinstance(n, str) or not n.strip() or not n.replace("_", "").replace("-", "").isalnum():
-            raise ValueError(f"model name must be letters, digits, '-' or '_', got {n!r}")
+        n = check_plugin_name("model", name or c.__name__)
         taken = {_key(k): k for k in MODELS} | _ALIASES
         for k in (n, *aliases):
             owner = taken.get(_key(k))
