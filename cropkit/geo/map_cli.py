@@ -61,6 +61,23 @@ def _probabilities_from(path):
     with __import__("rasterio").open(path) as src: names = json.loads(src.tags()["CLASS_NAMES"])
     return (da.astype(np.float32) / np.float32(255)).rename({"band": "class"}).assign_coords({"class": names})
 
+def _votes_from(path, classes):
+    """One-hot (class, y, x) float32 of a written class map in the order of `classes`, NaN at its no-data pixels:
+    the majority of a polygon is then counted on the map as written (after smoothing and the modal filter), not
+    re-derived from the 8-bit probabilities, whose arg-max can differ from it at near ties."""
+    import numpy as np
+    import rioxarray
+    import xarray as xr
+    from cropkit.geo.raster import map_info
+    info = map_info(path)
+    codes = rioxarray.open_rasterio(path, chunks={"x": 1024, "y": 1024}).isel(band=0, drop=True)
+    code_of = {name: code for code, name in (info.names or {}).items()}
+    missing = [c for c in classes if c not in code_of]
+    if missing: raise ValueError(f"{path}: the class map names no code for the classes {missing}")
+    votes = [(codes == code_of[c]).astype(np.float32) for c in classes]
+    valid = codes != info.nodata if info.nodata is not None else codes.notnull()
+    return xr.concat(votes, dim="class").assign_coords({"class": list(classes)}).where(valid)
+
 def cmd_map(args) -> int:
     "Run `cropkit map`: load the model, open the imagery, write the map products (and the parcel map)."
     t0 = time.perf_counter()
@@ -91,7 +108,9 @@ def _map_into(args, out: Path, t0: float) -> int:
                      band_map=band_map)
     if args.parcels:
         try:
-            gdf = parcel_map(args.parcels, args.id_col, probs=_probabilities_from(paths["probs"]), predictor=predictor,
+            probs = _votes_from(paths["class"], predictor.classes) if args.parcel_method == "majority" \
+                else _probabilities_from(paths["probs"])
+            gdf = parcel_map(args.parcels, args.id_col, probs=probs, predictor=predictor,
                              cube=cube, how=args.parcel_method, scale=args.scale, band_map=band_map)
             paths["parcels"] = write_parcel_map(gdf, args.out_parcels, args.overwrite)
         except BaseException:
