@@ -9,7 +9,8 @@ computing it is not counted for either side. Prints each run and the ratio of th
 A run that never reaches the target within its epochs counts with its whole training time and is marked "not reached".
 Each line also gives the seconds per epoch. `--settings reference` trains cropkit's engine with the reference's own
 settings (no normalisation, Adam 1e-3 without schedule, batch 32, no augmentation): the difference is then the engine
-alone. `--epochs`, `--batch-size`, `--lr` and `--scheduler` change the cropkit recipe.
+alone. `--epochs`, `--batch-size`, `--lr` and `--scheduler` change the cropkit recipe; `--bf16-cpu` trains cropkit's side
+under bf16 autocast (`amp="always"`, as `cropkit train --bf16-cpu`); the reference side stays float32, as it is published.
 """
 from __future__ import annotations
 import argparse, dataclasses, sys, time
@@ -57,7 +58,7 @@ def reference_run(bc, train, test, seed: int, epochs: int = 60, target: float = 
             "seconds": clock, "accuracy": acc}
 
 
-def cropkit_run(recipe, train, test, seed: int, target: float = TARGET) -> dict:
+def cropkit_run(recipe, train, test, seed: int, target: float = TARGET, amp=True) -> dict:
     "cropkit's `train_recipe` on the engine; seconds of training until the test accuracy first reaches `target`."
     from cropkit.train.recipes import evaluate_model
     from cropkit.train.engine import Learner
@@ -74,7 +75,7 @@ def cropkit_run(recipe, train, test, seed: int, target: float = TARGET) -> dict:
 
     from cropkit.train.recipes import train_recipe
     t0 = time.perf_counter()
-    try: train_recipe(recipe, train, None, seed=seed, device="cpu", callbacks=[on_epoch])
+    try: train_recipe(recipe, train, None, seed=seed, device="cpu", callbacks=[on_epoch], amp=amp)
     except Reached: pass
     seconds = time.perf_counter() - t0 - state["eval"]
     return {"side": "cropkit", "seed": seed, "epoch": state["epoch"], "reached": state["reached"] is not None,
@@ -90,6 +91,7 @@ def main(argv=None) -> int:
     p.add_argument("--scheduler", default=None, help="cropkit recipe scheduler: onecycle, cosine, warmup_cosine or none")
     p.add_argument("--settings", choices=("recipe", "reference"), default="recipe",
                    help="cropkit's default Victoria recipe, or the reference protocol's settings on cropkit's engine")
+    p.add_argument("--bf16-cpu", action="store_true", help="cropkit side under bf16 autocast on the CPU")
     a = p.parse_args(argv)
     from cropkit.data.victoria import victoria
     from cropkit.train.recipes import get_recipe
@@ -100,10 +102,10 @@ def main(argv=None) -> int:
     recipe = get_recipe("victoria", "TempCNN") if a.settings == "recipe" else reference_settings()
     recipe = dataclasses.replace(recipe, **changes)
     print(f"target test accuracy {TARGET}; cropkit recipe: epochs {recipe.epochs}, batch {recipe.batch_size}, lr {recipe.lr}, "
-          f"{recipe.scheduler}; threads {torch.get_num_threads()}")
+          f"{recipe.scheduler}; threads {torch.get_num_threads()}" + ("; cropkit in bf16" if a.bf16_cpu else ""))
     rows = []
     for seed in a.seeds:
-        for run in (lambda: reference_run(bc, train, test, seed), lambda: cropkit_run(recipe, train, test, seed)):
+        for run in (lambda: reference_run(bc, train, test, seed), lambda: cropkit_run(recipe, train, test, seed, amp="always" if a.bf16_cpu else True)):
             r = run(); rows.append(r)
             print(f"{r['side']:>9} seed {seed}: {('epoch ' if r['reached'] else 'not reached in ') + str(r['epoch'])}, "
                   f"{r['seconds']:.1f} s of training ({r['seconds'] / r['epoch']:.3f} s/epoch), "

@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace the run LOGDIR holds (its files are removed first)")
     t.add_argument("--select", default="last", choices=("last", "best"),
                    help="model to test: the last epoch (default) or the best validation epoch (needs validation data)")
+    t.add_argument("--bf16-cpu", action="store_true", help="bf16 autocast on CPU too (CUDA uses it anyway): steps about a "
+                   "quarter shorter on CPUs with native bf16 (AVX512-BF16, AMX), possibly slower on others; results "
+                   "then depend on the CPU model")
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on a dataset",
                        description="Evaluate a cropkit checkpoint (or a RandomForest .skops) on the test data of a "
@@ -494,11 +497,12 @@ def cmd_train(args) -> int:
     _start_run(logdir, args)
     from cropkit.train.recipes import train_recipe, evaluate_model
     _print(args, f"{args.dataset} ({splits['mode']}): {split_line(splits)}")
-    where = f"{device}" + (f" with {_threads()} CPU threads" if device.type == "cpu" else "")
+    where = f"{device}" + (f" with {_threads()} CPU threads" if device.type == "cpu" else "") + \
+        (" in bf16" if args.bf16_cpu and device.type == "cpu" else "")
     _print(args, f"training {recipe.model} for {recipe.epochs} epochs on {where} (seed {args.seed}); logdir {logdir}")
     learner = train_recipe(recipe, splits["train"], splits["valid"], seed=args.seed, device=device, logdir=logdir,
                            resume=args.resume, num_workers=args.workers, manifest=data_manifest(args, splits),
-                           callbacks=[_epoch_printer(args, recipe.epochs)])
+                           callbacks=[_epoch_printer(args, recipe.epochs)], amp="always" if args.bf16_cpu else True)
     if args.select == "best": learner.load_best()
     from cropkit.train.engine import file_sha256, BEST_FILE, LAST_FILE
     ck_file = logdir/(BEST_FILE if args.select == "best" else LAST_FILE)

@@ -36,3 +36,14 @@ def test_reference_rerun_refuses_unknown_models(tmp_path):
     r = run("--models", "OmniScaleCNN", "--out", str(tmp_path / "ref.tsv"))
     assert r.returncode == 2 and "invalid choice: 'OmniScaleCNN'" in r.stderr
     assert not (tmp_path / "ref.tsv").exists()
+
+
+def test_time_to_accuracy_runs_both_sides_and_prints_the_ratios():
+    "One seed, cropkit's recipe cut to 2 epochs under bf16 on the CPU: both sides' lines and both ratios are printed."
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_time_to_accuracy.py"), "--seeds", "0",
+                        "--epochs", "2", "--bf16-cpu"], capture_output=True, text=True, cwd=ROOT,
+                       env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "cropkit in bf16" in r.stdout and "reference seed 0: epoch" in r.stdout
+    assert "cropkit seed 0: not reached in 2" in r.stdout or "cropkit seed 0: epoch" in r.stdout
+    assert "seconds per epoch: reference" in r.stdout and "ratio cropkit/reference" in r.stdout

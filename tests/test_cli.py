@@ -319,3 +319,16 @@ def test_victoria_grouped_split(capsys, tmp_path):
     assert json.loads((tmp_path / "rf" / "manifest.json").read_text())["data"]["mode"] == "grouped"
     code, out, err = run(capsys, ["evaluate", tmp_path / "rf" / "random_forest.skops", "--mode", "evaluation"])
     assert code == 0 and "was trained on victoria mode 'grouped'; scored here on mode 'evaluation'" in out, out + err
+
+
+def test_train_bf16_cpu_opt_in(tmp_path, capsys):
+    "--bf16-cpu trains under bf16 autocast on CPU, says so, and records it; resuming without it is refused."
+    logdir = tmp_path / "bf16"
+    argv = ["train", "TempCNN", "--dataset", "victoria", "--epochs", "1", "--device", "cpu", "--logdir", logdir, "-H", "hidden_dims=8", "--batchsize", "64"]
+    code, out, err = run(capsys, [*argv, "--bf16-cpu"])
+    assert code == 0, err
+    assert "on cpu with" in out and "in bf16" in out
+    assert json.loads((logdir / "manifest.json").read_text())["training"]["amp"] == "always"
+    assert 0 <= json.loads((logdir / "results.json").read_text())["accuracy"] <= 1
+    code, out, err = run(capsys, [*argv[:4], "--epochs", "2", *argv[6:], "--resume", "-q"])
+    assert code == 2 and "amp" in err, err

@@ -407,3 +407,23 @@ def test_disk_full_while_writing_a_checkpoint_names_the_path(tmp_path, monkeypat
         write_checkpoint(tmp_path/LAST_FILE, {"state_dict": {}})
     monkeypatch.undo()
     assert (tmp_path/LAST_FILE).read_bytes() == before and not list(tmp_path.glob(".*.part"))
+
+
+def test_bf16_on_cpu_is_opt_in_and_clips_gradients(tmp_path):
+    "amp='always' trains under bf16 autocast on CPU (with gradient clipping: the optimizer is then not fused);"
+    "the default keeps float32 on CPU; the choice is recorded and a resume with another one is refused."
+    lrn = make(tmp_path / "bf16", amp="always", grad_clip=1.0)
+    lrn.fit(6)
+    assert lrn.trainer.precision == "bf16-mixed"
+    assert lrn.trainer.optimizers[0].defaults["fused"] is None          # Lightning cannot clip a fused step in bf16
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in lrn.model.parameters())
+    assert lrn.history["train_loss"].iloc[-1] < lrn.history["train_loss"].iloc[0]
+    import json
+    assert json.loads((tmp_path / "bf16" / "manifest.json").read_text())["training"]["amp"] == "always"
+    plain = make(tmp_path / "fp32")
+    plain.fit(1)
+    assert plain.trainer.precision == "32-true" and plain.trainer.optimizers[0].defaults["fused"] is True
+    with pytest.raises(ValueError, match="amp"):
+        make(tmp_path / "bf16", amp=False).fit(8, resume=True)
+    with pytest.raises(ValueError, match="amp must be True"):
+        make(tmp_path / "bad", amp="cpu")

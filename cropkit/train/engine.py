@@ -19,13 +19,13 @@ from ..core import atomic_write, get_device, require_file, set_seed
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'load_checkpoint', 'RUN_FILES', 'MANIFEST_FILE',
-           'HISTORY_FILE', 'BEST_FILE', 'LAST_FILE', 'check_hyperparameters', 'make_optimizer', 'make_scheduler',
-           'epoch_generator', 'process_group', 'SeededSampler', 'make_loader', 'get_rng_state', 'set_rng_state',
-           'weights_hash', 'read_checkpoint', 'write_checkpoint', 'remove_stale_parts', 'AtomicCheckpointIO',
-           'check_logdir', 'prepare_run_dir', 'file_sha256', 'run_environment', 'manifest_differences', 'write_json',
-           'NonFiniteLossError', 'all_finite', 'Task', 'synced_batch_norm', 'GlooSyncBatchNorm',
-           'convert_sync_batchnorm', 'GlooSyncBatchNormPlugin', 'monitor_mode', 'RunFiles', 'launch_layout',
-           'make_trainer', 'resolve_monitor', 'Learner', 'fit']
+           'HISTORY_FILE', 'BEST_FILE', 'LAST_FILE', 'AMP_CHOICES', 'check_hyperparameters', 'make_optimizer',
+           'make_scheduler', 'epoch_generator', 'process_group', 'SeededSampler', 'make_loader', 'get_rng_state',
+           'set_rng_state', 'weights_hash', 'read_checkpoint', 'write_checkpoint', 'remove_stale_parts',
+           'AtomicCheckpointIO', 'check_logdir', 'prepare_run_dir', 'file_sha256', 'run_environment',
+           'manifest_differences', 'write_json', 'NonFiniteLossError', 'all_finite', 'Task', 'synced_batch_norm',
+           'GlooSyncBatchNorm', 'convert_sync_batchnorm', 'GlooSyncBatchNormPlugin', 'monitor_mode', 'RunFiles',
+           'launch_layout', 'check_amp', 'trainer_precision', 'make_trainer', 'resolve_monitor', 'Learner', 'fit']
 
 # %% ../../nbs/20_train.engine.ipynb #fff4e54a
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -66,12 +66,12 @@ def _fused_on_cpu(params: list) -> bool:
     "True if every parameter is a floating-point CPU tensor: the fused Adam kernel applies."
     return bool(params) and all(isinstance(p, torch.Tensor) and p.device.type == "cpu" and p.is_floating_point() for p in params)
 
-def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, fused: bool | None = None) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD (Nesterov momentum 0.9) by name. Adam and AdamW on CPU use torch's fused kernel (the
-    default there is a Python loop over the parameters); on GPUs torch's default (multi-tensor) is kept."""
+    default there is a Python loop over the parameters) unless `fused=False`; on GPUs torch's default is kept."""
     name = check_hyperparameters(lr=lr, weight_decay=weight_decay, optimizer=name)["optimizer"]
     params = list(params)
-    fused = True if name in ("adam", "adamw") and _fused_on_cpu(params) else None
+    fused = True if fused is not False and name in ("adam", "adamw") and _fused_on_cpu(params) else None
     if name == "adam": return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
     if name == "adamw": return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
     return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
@@ -351,7 +351,9 @@ class Task(pl.LightningModule):
     def configure_optimizers(self):
         s, epochs = self.settings, self.trainer.max_epochs
         steps = self.trainer.estimated_stepping_batches // max(1, epochs)
-        opt = make_optimizer(s["optimizer"], self.model.parameters(), s["lr"], s["weight_decay"])
+        # Lightning refuses gradient clipping with a fused optimizer under mixed precision (it unscales inside step)
+        clip_in_mixed = bool(self.trainer.gradient_clip_val) and "mixed" in str(self.trainer.precision)
+        opt = make_optimizer(s["optimizer"], self.model.parameters(), s["lr"], s["weight_decay"], fused=False if clip_in_mixed else None)
         make = self.schedule_factory or (lambda o: make_scheduler(s["scheduler"], o, s["lr"], epochs, steps, s["warmup_epochs"]))
         sched = make(opt)
         if sched is None: return opt
@@ -538,7 +540,21 @@ def launch_layout(devices: int | None = None, num_nodes: int | None = None) -> t
         return max(1, _env_int("SLURM_NTASKS", 1) // nodes), nodes
     return int(devices or 1), int(num_nodes or 1)
 
-def make_trainer(epochs: int, callbacks: Sequence = (), device=None, amp: bool = True, grad_clip: float | None = None,
+AMP_CHOICES = (True, False, "always")
+"`amp`: bf16 autocast on CUDA (True), on every device (\"always\"), or never (False)."
+
+def check_amp(amp) -> bool | str:
+    "`amp` if it is one of `AMP_CHOICES`, else a ValueError naming them."
+    if isinstance(amp, str) and amp == "always": return amp
+    if not isinstance(amp, str) and amp in (True, False): return bool(amp)
+    raise ValueError(f"amp must be True (bf16 on CUDA), 'always' (on CPU too) or False, got {amp!r}")
+
+def trainer_precision(amp, device) -> str:
+    "Lightning's precision for `amp` on `device`: 'bf16-mixed' or '32-true'."
+    amp = check_amp(amp)
+    return "bf16-mixed" if amp == "always" or (amp is True and get_device(device).type == "cuda") else "32-true"
+
+def make_trainer(epochs: int, callbacks: Sequence = (), device=None, amp: bool | str = True, grad_clip: float | None = None,
                  devices: int | None = None, num_nodes: int | None = None, strategy: str = "auto",
                  sync_batchnorm: bool = False, progress: bool = True, logdir: Path | None = None) -> pl.Trainer:
     "A Lightning `Trainer` for cropkit: device and precision chosen once, DDP when several processes, atomic hashed checkpoints."
@@ -552,7 +568,7 @@ def make_trainer(epochs: int, callbacks: Sequence = (), device=None, amp: bool =
     plugins = [AtomicCheckpointIO()]
     if distributed and sync_batchnorm and dev.type != "cuda": plugins.append(GlooSyncBatchNormPlugin())
     return pl.Trainer(max_epochs=int(epochs), accelerator=accelerator, devices=devs, num_nodes=nodes, strategy=strategy,
-                      precision="bf16-mixed" if (amp and dev.type == "cuda") else "32-true",
+                      precision=trainer_precision(amp, dev),
                       sync_batchnorm=bool(sync_batchnorm and distributed and dev.type == "cuda"),
                       gradient_clip_val=grad_clip, callbacks=list(callbacks), plugins=plugins, logger=False,
                       enable_checkpointing=True, enable_progress_bar=progress, enable_model_summary=False,
@@ -582,7 +598,7 @@ class Learner:
                  weight_decay: float = 0.0, scheduler: str | None = None, warmup_epochs: int = 0, batch_size: int = 64,
                  grad_clip: float | None = None, loss_func: Callable | None = None, monitor: str = "valid_loss",
                  patience: int | None = None, min_delta: float = 0.0, logdir: str | os.PathLike | None = None,
-                 device: str | torch.device | None = None, amp: bool = True, num_workers: int = 0, seed: int = 0,
+                 device: str | torch.device | None = None, amp: bool | str = True, num_workers: int = 0, seed: int = 0,
                  progress: bool = True, callbacks: Sequence[Callable] = (), model_name: str | None = None,
                  hparams: dict | None = None, overwrite: bool = False, manifest: dict | None = None,
                  devices: int | None = None, num_nodes: int | None = None, strategy: str = "auto",
@@ -602,7 +618,7 @@ class Learner:
         self.task.settings.update({k: hp[k] for k in ("lr", "weight_decay", "optimizer", "scheduler", "warmup_epochs")})
         if schedule_factory is not None: self.task.schedule_factory = schedule_factory
         self.train_data, self.valid_data, self.has_valid = train_data, valid_data, valid_data is not None
-        self.config = {k: hp[k] for k in hp if k != "epochs"} | {"seed": int(seed), "amp": bool(amp)}
+        self.config = {k: hp[k] for k in hp if k != "epochs"} | {"seed": int(seed), "amp": check_amp(amp)}
         self.config["monitor"] = resolve_monitor(monitor, self.has_valid, self.task.score_names())
         self.logdir = None if logdir is None else Path(logdir)
         self.num_workers, self.progress, self.callbacks, self.overwrite = num_workers, progress, list(callbacks), overwrite
