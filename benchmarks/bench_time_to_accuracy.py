@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_training import import_reference, reference_model          # noqa: E402  (same folder)
+from victoria_reference import REFERENCE_HPARAMS                       # noqa: E402
 
 TARGET = 0.958
 
@@ -30,7 +31,7 @@ def reference_settings():
     "The reference protocol's settings as a cropkit `Recipe` (raw reflectance, Adam 1e-3, no schedule, batch 32)."
     from cropkit.train.recipes import Recipe
     return Recipe("TempCNN", epochs=60, lr=1e-3, batch_size=32, optimizer="adam", scheduler=None,
-                  normalization="none", hparams=dict(kernel_size=5, hidden_dims=64, dropout=0.5))
+                  normalization="none", hparams=REFERENCE_HPARAMS["TempCNN"])
 
 
 def reference_run(bc, train, test, seed: int, epochs: int = 60, target: float = TARGET) -> dict:
@@ -39,7 +40,7 @@ def reference_run(bc, train, test, seed: int, epochs: int = 60, target: float = 
     x, y = torch.as_tensor(train.X, dtype=torch.float32), torch.as_tensor(train.y, dtype=torch.long)
     xt, yt = torch.as_tensor(test.X, dtype=torch.float32), np.asarray(test.y)
     model = reference_model(bc, "TempCNN", x.shape[2], len(train.classes), x.shape[1], torch.device("cpu"),
-                            kernel_size=5, hidden_dims=64, dropout=0.5)
+                            **REFERENCE_HPARAMS["TempCNN"])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(seed)
     clock, reached = 0.0, None

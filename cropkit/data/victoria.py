@@ -111,7 +111,7 @@ class VictoriaS2(Dataset):
         "The samples `indices` in one indexing step (what a DataLoader asks for a batch); same values as `ds[i]`."
         if self.transform is not None: return [self[i] for i in indices]
         idx = np.asarray(indices, dtype=np.int64)
-        X, y = torch.from_numpy(self.raw[idx] * np.float32(1e-4)), torch.from_numpy(self.y[idx])
+        X, y = torch.from_numpy(self.X[idx]), torch.from_numpy(self.y[idx])       # X: the reflectances, scaled once
         return list(zip(X.unbind(0), y.unbind(0), self.ids[idx].tolist()))
 
     def to_xarray(self):
