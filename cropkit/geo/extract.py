@@ -18,7 +18,10 @@ from .cube import GEO_EXTRA, band_key, check_cube
 try:
     import geopandas as gpd
     import shapely
+    import pyproj
     from exactextract import exact_extract
+    from exactextract.feature import Feature, FeatureSource
+    from exactextract.writer import Writer
     from exactextract.raster import NumPyRasterSource
     from scipy import sparse
 except ImportError as _e:
@@ -64,29 +67,69 @@ def read_parcels(parcels, id_col: str, label_col: str | None = None, crs=None) -
     return gdf
 
 # %% ../../nbs/42_geo.extract.ipynb #0b939549
+class _WKBParcel(Feature):
+    "One parcel for exactextract: its geometry as WKB and its row `_k`, without a GeoJSON round trip."
+    def __init__(self, k: int | None = None, wkb: bytes | None = None):
+        Feature.__init__(self)
+        self.props, self.wkb = ({} if k is None else {"_k": k}), wkb
+    def geometry(self): return self.wkb
+    def set_geometry(self, wkb): self.wkb = wkb
+    def set_geometry_format(self): return "wkb"
+    def get(self, name): return self.props[name]
+    def set(self, name, value): self.props[name] = value
+    def fields(self): return list(self.props)
+
+class _WKBParcels(FeatureSource):
+    "An exactextract feature source over a list of WKB polygons in the CRS `srs_wkt`."
+    def __init__(self, wkbs: list, srs_wkt: str):
+        super().__init__()
+        self.wkbs, self.wkt = wkbs, srs_wkt
+    def count(self): return len(self.wkbs)
+    def __iter__(self): return (_WKBParcel(k, g) for k, g in enumerate(self.wkbs))
+    def srs_wkt(self): return self.wkt
+
+class _CoverageCells(Writer):
+    "Collects exactextract's `cell_id` and `coverage` arrays of each parcel (row `_k`) as they are computed."
+    def __init__(self):
+        super().__init__()
+        self.rows, self.cells, self.coverage = [], [], []
+    def add_operation(self, op): pass
+    def add_column(self, name): pass
+    def add_geometry(self): pass
+    def write(self, feature):
+        f = _WKBParcel(); feature.copy_to(f)
+        self.rows.append(f.props["_k"]); self.cells.append(f.props["cell_id"]); self.coverage.append(f.props["coverage"])
+    def features(self): return self
+
 def _block_weights(geoms_wkb: list, bounds: tuple, shape: tuple, crs_wkt: str = "EPSG:4326") -> "sparse.csr_matrix":
     "Sparse (parcels, pixels) coverage fractions of polygons (WKB) on a block grid of `shape` within `bounds`."
     h, w = shape
     if not geoms_wkb: return sparse.csr_matrix((0, h * w))
-    g = gpd.GeoDataFrame({"_k": np.arange(len(geoms_wkb))}, geometry=shapely.from_wkb(geoms_wkb), crs=crs_wkt)
-    src = NumPyRasterSource(np.zeros((h, w), np.uint8), *bounds, srs_wkt=g.crs.to_wkt())
-    r = exact_extract(src, g, ["cell_id", "coverage"], include_cols=["_k"], output="pandas")
-    rows = np.repeat(r["_k"].to_numpy(), [len(c) for c in r["cell_id"]])
-    cols = np.concatenate([np.asarray(c, np.int64) for c in r["cell_id"]]) if len(r) else np.zeros(0, np.int64)
-    vals = np.concatenate([np.asarray(c, np.float64) for c in r["coverage"]]) if len(r) else np.zeros(0)
+    crs_wkt = pyproj.CRS.from_user_input(crs_wkt).to_wkt()
+    src = NumPyRasterSource(np.zeros((h, w), np.uint8), *bounds, srs_wkt=crs_wkt)
+    r = exact_extract(src, _WKBParcels(list(geoms_wkb), crs_wkt), ["cell_id", "coverage"], include_cols=["_k"], output=_CoverageCells())
+    if not r.rows: return sparse.csr_matrix((len(geoms_wkb), h * w))
+    rows = np.repeat(np.asarray(r.rows, np.int64), [len(c) for c in r.cells])
+    cols = np.concatenate(r.cells).astype(np.int64)
+    vals = np.concatenate(r.coverage).astype(np.float64)
     return sparse.csr_matrix((vals, (rows, cols)), shape=(len(geoms_wkb), h * w))
 
 def _block_sums(block: np.ndarray, W, with_sq: bool) -> tuple:
     "Weighted sums, valid weights (and sums of squares) of a (t, b, h, w) block: arrays (parcels, t, b)."
     t, b, h, w = block.shape
-    used = np.unique(W.indices)                              # only the pixels some parcel touches are read
-    v = np.asarray(block).reshape(t * b, h * w)[:, used].astype(np.float64).T
-    W = W[:, used]
-    ok = np.isfinite(v)
-    vz = np.where(ok, v, 0.0)
-    out = [(W @ vz).reshape(-1, t, b), (W @ ok.astype(np.float64)).reshape(-1, t, b)]
-    if with_sq: out.append((W @ (vz * vz)).reshape(-1, t, b))
-    return tuple(out)
+    layers = np.asarray(block).reshape(t * b, h * w)
+    n = W.shape[0]
+    sums, valid = np.empty((n, t * b)), np.empty((n, t * b))
+    squares = np.empty((n, t * b)) if with_sq else None
+    covered = np.asarray(W.sum(axis=1)).ravel()
+    for layer in range(t * b):                         # one sparse product per layer: no transposed copy of the block
+        v = layers[layer]
+        ok = np.isfinite(v)
+        if ok.all(): valid[:, layer] = covered
+        else: v = np.where(ok, v, 0); valid[:, layer] = W @ ok.astype(np.float64)
+        sums[:, layer] = W @ v
+        if with_sq: squares[:, layer] = W @ np.square(v, dtype=np.float64)
+    return tuple(a.reshape(n, t, b) for a in ((sums, valid, squares) if with_sq else (sums, valid)))
 
 def _spatial_blocks(cube: xr.DataArray):
     "(y slice, x slice) of every spatial chunk of `cube` (one block if it is not a dask array)."
