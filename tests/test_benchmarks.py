@@ -47,3 +47,14 @@ def test_time_to_accuracy_runs_both_sides_and_prints_the_ratios():
     assert "cropkit in bf16" in r.stdout and "reference seed 0: epoch" in r.stdout
     assert "cropkit seed 0: not reached in 2" in r.stdout or "cropkit seed 0: epoch" in r.stdout
     assert "seconds per epoch: reference" in r.stdout and "ratio cropkit/reference" in r.stdout
+
+
+def test_time_to_accuracy_fast_settings_train_the_smaller_tempcnn():
+    "`--settings fast`: the header names the fast recipe (hidden_dims 32, lr 5e-3, no schedule, no mixup), and it runs."
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_time_to_accuracy.py"), "--seeds", "0",
+                        "--settings", "fast", "--epochs", "1"], capture_output=True, text=True, cwd=ROOT,
+                       env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    header = r.stdout.splitlines()[0]
+    assert "epochs 1, batch 32, lr 0.005, None" in header and "'hidden_dims': 32" in header and "'mixup': 0.0" in header
+    assert "ratio cropkit/reference" in r.stdout
