@@ -60,13 +60,15 @@ def reference_run(bc, train, test, seed: int, epochs: int = 60, target: float = 
             "seconds": clock, "accuracy": acc}
 
 
+FAST_COMMAND = ["train", "TempCNN", "--dataset", "victoria", "-H", "hidden_dims=32", "--lr", "5e-3", "--scheduler", "none",
+                "--augmentation", "none", "--epochs", "40"]
+
+
 def fast_settings():
     """The Victoria TempCNN recipe made for speed: half the channels (hidden_dims 32), a constant learning rate of 5e-3
-    and no mixup: the settings of `cropkit train TempCNN --dataset victoria -H hidden_dims=32 --lr 5e-3 --scheduler none
-    --augmentation none --epochs 40`."""
-    from cropkit.train.recipes import get_recipe
-    return get_recipe("victoria", "TempCNN").replace(lr=5e-3, scheduler=None, augmentation={"mixup": 0.0}, epochs=40,
-                                                     hparams=dict(hidden_dims=32))
+    and no mixup, built by the CLI from `cropkit ` + `FAST_COMMAND`, so that the command in the README trains the same."""
+    from cropkit.cli import build_parser, recipe_from_args
+    return recipe_from_args(build_parser().parse_args(FAST_COMMAND))
 
 
 def cropkit_run(recipe, train, test, seed: int, target: float = TARGET, amp=True) -> dict:

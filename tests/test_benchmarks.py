@@ -50,11 +50,11 @@ def test_time_to_accuracy_runs_both_sides_and_prints_the_ratios():
 
 
 def test_time_to_accuracy_fast_settings_train_the_smaller_tempcnn():
-    "`--settings fast`: the header names the fast recipe (hidden_dims 32, lr 5e-3, no schedule, no mixup), and it runs."
+    "`--settings fast` builds its recipe through the CLI (hidden_dims 32, lr 5e-3, no schedule, no augmentation) and runs."
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_time_to_accuracy.py"), "--seeds", "0",
                         "--settings", "fast", "--epochs", "1"], capture_output=True, text=True, cwd=ROOT,
                        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, timeout=300)
     assert r.returncode == 0, r.stderr
     header = r.stdout.splitlines()[0]
-    assert "epochs 1, batch 32, lr 0.005, None" in header and "'hidden_dims': 32" in header and "'mixup': 0.0" in header
+    assert "epochs 1, batch 32, lr 0.005, None" in header and "'hidden_dims': 32" in header and "augmentation {}" in header
     assert "ratio cropkit/reference" in r.stdout
