@@ -229,3 +229,55 @@ def test_existing_region_refused_and_all_cloudy_skipped(wc, parcels_file, tmp_pa
     m[:] = np.nan; ds["mean"] = (ds["mean"].dims, m)
     with pytest.raises(ValueError, match="only cloudy"): write_breizhcrops(ds, tmp_path, "allcloudy", band_map={"B8A": "B08"})
     assert not (tmp_path / "2017" / "L2A" / "allcloudy.csv").exists()
+
+
+def _nodata_corner_tifs(folder, nodata=0):
+    "Two dates x two bands of 4 x 4 uint16 GeoTIFFs, all 100 but the corner pixel, which is the declared no-data."
+    import rasterio
+    from rasterio.transform import from_origin
+    for date in ("2021-01-01", "2021-02-01"):
+        for band in ("B04", "B08"):
+            a = np.full((4, 4), 100, np.uint16); a[0, 0] = nodata
+            with rasterio.open(folder / f"S2_{band}_{date}.tif", "w", driver="GTiff", height=4, width=4, count=1,
+                               dtype="uint16", crs="EPSG:32631", transform=from_origin(0, 40, 10, 10), nodata=nodata) as dst:
+                dst.write(a, 1)
+
+
+def test_declared_nodata_never_enters_a_parcel_mean(tmp_path):
+    "A no-data value the files declare is masked by the reader: the parcel mean over the corner stays 100 (not 75)."
+    _nodata_corner_tifs(tmp_path)
+    corner = gpd.GeoDataFrame({"id": [1], "crop": ["BTH"]}, geometry=[shapely.box(0, 20, 20, 40)], crs="EPSG:32631")
+    cube = open_images(tmp_path, "S2_{band}_{date}.tif")
+    assert str(cube.dtype) == "float32" and np.isnan(cube.values[:, :, 0, 0]).all()
+    ds = extract_parcels(cube, corner, "id")
+    assert np.allclose(ds["mean"].values, 100.0) and np.allclose(ds["valid"].values, 3.0)
+
+
+def test_stac_raster_extension_nodata_is_masked(tmp_path):
+    "odc-stac reads each asset's raster:bands nodata; open_stac turns it into NaN."
+    from cropkit.geo.cube import make_cube, pixel_centres
+    import pystac
+    x, y = pixel_centres((600000, 5000000, 600040, 5000040), (4, 4))
+    v = np.full((2, 2, 4, 4), 100, np.uint16); v[:, :, 0, 0] = 0
+    cat = write_stac_catalog(make_cube(v, ["2021-01-01", "2021-02-01"], ["B04", "B08"], x, y, "EPSG:32631"), tmp_path / "c")
+    for item in pystac.Catalog.from_file(str(cat)).get_items():
+        path = tmp_path / "c" / item.id / f"{item.id}.json"
+        js = json.loads(path.read_text())
+        for asset in js["assets"].values(): asset["raster:bands"] = [{"nodata": 0, "data_type": "uint16"}]
+        js["stac_extensions"].append("https://stac-extensions.github.io/raster/v1.1.0/schema.json")
+        path.write_text(json.dumps(js))
+    cube = open_stac(cat)
+    assert np.isnan(cube.values[:, :, 0, 0]).all() and float(np.nanmin(cube.values)) == 100.0
+
+
+def test_undeclared_nodata_is_named_by_the_cli(tmp_path, capsys, parcels_file):
+    "WorldCereal's 65535 is declared nowhere: the CLI warns and names --nodata; with --nodata it is quiet."
+    from cropkit.geo.cube import UndeclaredNoDataWarning
+    args = ["extract", str(parcels_file), "--cube", str(WC), "--prefix", "S2-L2A-", "--bands", ",".join(S2),
+            "--start", "2020-11-01", "--end", "2021-10-31", "--label-col", "CODE_CULTU", "--id-col", "id", "--band-map", "B8A=B08", "-q"]
+    with pytest.warns(UndeclaredNoDataWarning, match="--nodata 65535"):
+        assert main(args + ["--region", "a", "--out", str(tmp_path / "a")]) == 0
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UndeclaredNoDataWarning)
+        assert main(args + ["--nodata", "65535", "--period", "month", "--region", "b", "--out", str(tmp_path / "b")]) == 0

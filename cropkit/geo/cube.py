@@ -4,7 +4,7 @@
 
 # %% ../../nbs/40_geo.cube.ipynb #2e435f36
 from __future__ import annotations
-import json, os, re
+import json, os, re, warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,9 +25,10 @@ except ImportError as _e:
 from ..core import require_file
 
 # %% auto #0
-__all__ = ['GEO_EXTRA', 'CUBE_DIMS', 'DEFAULT_CHUNKS', 'S2_COMMON_NAMES', 'check_cube', 'make_cube', 'pixel_centres', 'band_key',
-           'find_band', 'select_bands', 'select_time', 'cube_from_arrays', 'open_eopatch', 'open_netcdf',
-           'pattern_regex', 'image_table', 'open_images', 'stac_items', 'open_stac', 'write_stac_catalog', 'open_cube']
+__all__ = ['GEO_EXTRA', 'CUBE_DIMS', 'DEFAULT_CHUNKS', 'S2_COMMON_NAMES', 'check_cube', 'make_cube', 'mask_value',
+           'pixel_centres', 'band_key', 'find_band', 'select_bands', 'select_time', 'cube_from_arrays', 'open_eopatch',
+           'UndeclaredNoDataWarning', 'undeclared_nodata', 'open_netcdf', 'pattern_regex', 'image_table', 'open_images',
+           'stac_items', 'open_stac', 'write_stac_catalog', 'open_cube']
 
 # %% ../../nbs/40_geo.cube.ipynb #49d4f5af
 CUBE_DIMS = ("time", "band", "y", "x")
@@ -79,10 +80,16 @@ def make_cube(data, times, bands: Sequence[str], x, y, crs, nodata=None, chunks=
     if not (order == np.arange(len(order))).all(): cube = cube.isel(time=order)
     cube = cube.rio.write_crs(crs)
     cube = cube.rio.write_transform(cube.rio.transform(recalc=True))
-    if nodata is not None: cube = cube.rio.write_nodata(nodata, encoded=False)
+    if nodata is not None and not np.isnan(nodata): cube = mask_value(cube, nodata)
     c = _chunks(chunks)
     if c is not None: cube = cube.chunk(c)
     return check_cube(cube)
+
+def mask_value(cube: xr.DataArray, value) -> xr.DataArray:
+    "`cube` as float32 with NaN where it equals `value` (a no-data value), lazily; NaN becomes its declared no-data."
+    out = cube.astype(np.float32).where(cube != value)
+    out.attrs = dict(cube.attrs)
+    return out.rio.write_crs(cube.rio.crs).rio.write_nodata(np.nan, encoded=False)
 
 def pixel_centres(bounds: Sequence[float], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     "Pixel-centre `x` (west to east) and `y` (north to south) of a grid of `shape` (rows, cols) filling `bounds` (xmin, ymin, xmax, ymax)."
@@ -192,8 +199,22 @@ def open_eopatch(folder: str | os.PathLike, features: Sequence[str] = ("data/NDV
     return cube
 
 # %% ../../nbs/40_geo.cube.ipynb #401d8472
+class UndeclaredNoDataWarning(UserWarning):
+    "An integer cube declares no no-data value but holds its type's extreme value, which often marks missing data."
+
+def undeclared_nodata(cube: xr.DataArray, window: int = 512) -> tuple | None:
+    """(value, share) when an integer `cube` without a declared no-data value holds its type's largest value (unsigned)
+    or smallest (signed) in a central `window` x `window` pixels over all dates and bands; else None."""
+    if cube.rio.nodata is not None or not np.issubdtype(cube.dtype, np.integer): return None
+    info = np.iinfo(cube.dtype)
+    value = info.max if info.min == 0 else info.min
+    cy, cx = cube.sizes["y"] // 2, cube.sizes["x"] // 2
+    part = cube.isel(y=slice(max(0, cy - window // 2), cy + window // 2), x=slice(max(0, cx - window // 2), cx + window // 2))
+    share = float((part == value).mean())
+    return (int(value), share) if share > 0 else None
+
 def open_netcdf(path: str | os.PathLike, bands: Sequence[str] | None = None, prefix: str | None = None,
-                chunks=DEFAULT_CHUNKS) -> xr.DataArray:
+                chunks=DEFAULT_CHUNKS, nodata=None) -> xr.DataArray:
     "A cube from a NetCDF file or Zarr store with one (time, y, x) variable per band; `prefix` is stripped from band names."
     path = require_file(path, "NetCDF/Zarr cube")
     try:
@@ -228,7 +249,12 @@ def open_netcdf(path: str | os.PathLike, bands: Sequence[str] | None = None, pre
     layers = [ds[avail[b]].transpose("time", "y", "x").data for b in pick]
     data = dsa.stack([a if isinstance(a, dsa.Array) else dsa.from_array(a) for a in layers], axis=1)
     cube = make_cube(data, ds["time"].values, pick, ds["x"].values, ds["y"].values, crs, chunks=chunks,
-                     attrs={"source": str(path)})
+                     attrs={"source": str(path)}, nodata=nodata)
+    found = undeclared_nodata(cube)
+    if found is not None:
+        warnings.warn(f"{path}: {found[1]:.0%} of the values in its centre equal {found[0]}, the extreme of {cube.dtype}, "
+                      f"and the file declares no no-data value: if {found[0]} marks missing data, open it with "
+                      f"nodata={found[0]} (cropkit extract/map: --nodata {found[0]})", UndeclaredNoDataWarning, stacklevel=2)
     return cube
 
 # %% ../../nbs/40_geo.cube.ipynb #d0432fa5
@@ -384,7 +410,11 @@ def open_stac(source: str | os.PathLike, bands: Sequence[str] | None = None, col
     if bbox is not None: kw["bbox"] = tuple(bbox)
     try: ds = odc.stac.load(items, **kw)
     except Exception as e: raise ValueError(f"odc.stac.load could not load {len(items)} items of {source}: {e}") from e
-    arr = ds[pick].to_dataarray("band").transpose("time", "band", "y", "x")
+    layers = []                                        # each asset's declared no-data (raster extension) becomes NaN
+    for b in pick:
+        nd = ds[b].attrs.get("nodata")
+        layers.append(ds[b].astype(np.float32).where(ds[b] != nd) if nd is not None and not np.isnan(nd) else ds[b])
+    arr = xr.concat(layers, dim=pd.Index(pick, name="band")).transpose("time", "band", "y", "x")
     cube = make_cube(arr.data, ds["time"].values, pick, ds["x"].values, ds["y"].values, ds.odc.crs.to_wkt(),
                      chunks=chunks, attrs={"source": str(source)})
     return cube

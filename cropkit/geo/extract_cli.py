@@ -109,12 +109,12 @@ def cube_from_args(args, bands=None, chunks=None):
     kw = {} if chunks is None else {"chunks": chunks}
     if args.stac: cube = open_stac(args.stac, bands=bands, collection=args.collection, bbox=bbox, start=start, end=end,
                                    resolution=args.resolution, crs=args.crs, **kw)
-    elif args.images: cube = open_images(args.images, args.pattern, bands=bands, start=start, end=end, **kw)
+    elif args.images: cube = open_images(args.images, args.pattern, bands=bands, start=start, end=end, nodata=nodata, **kw)
     elif getattr(args, "eopatch", None):
         cube = open_eopatch(args.eopatch, _csv(args.features), **kw)
         if bands is not None: cube = select_bands(cube, bands)
         cube = select_time(cube, start, end, what=args.eopatch)
-    else: cube = select_time(open_netcdf(args.cube, bands=bands, prefix=args.prefix, **kw), start, end, what=args.cube)
+    else: cube = select_time(open_netcdf(args.cube, bands=bands, prefix=args.prefix, nodata=nodata, **kw), start, end, what=args.cube)
     if bbox is not None and not args.stac: cube = clip_bbox(cube, bbox, args.images or args.cube or args.eopatch)
     if any(v is not None for v in masks.values()) or nodata is not None:
         cube = clean(cube, **masks, threshold=args.threshold, nodata=nodata)
