@@ -185,7 +185,8 @@ def test_bad_parcels(wc, tmp_path, capsys):
     }
     for name, (frame, msg) in cases.items():
         frame.to_file(tmp_path / name)
-        cli_error(capsys, ["extract", tmp_path / name, "--cube", WC, "--prefix", "S2-L2A-", "--out", tmp_path / "o", *BASE], msg)
+        cli_error(capsys, ["extract", tmp_path / name, "--cube", WC, "--prefix", "S2-L2A-", "--band-map", "B8A=B08",
+                           "--out", tmp_path / "o", *BASE], msg)
     g.set_crs(None, allow_override=True).to_file(tmp_path / "nocrs.shp")     # a shapefile without .prj
     cli_error(capsys, ["extract", tmp_path / "nocrs.shp", "--cube", WC, "--out", tmp_path / "o", *BASE], "has no CRS")
     cli_error(capsys, ["extract", tmp_path / "missing.gpkg", "--cube", WC, "--out", tmp_path / "o", *BASE], "missing.gpkg")
@@ -281,3 +282,20 @@ def test_undeclared_nodata_is_named_by_the_cli(tmp_path, capsys, parcels_file):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UndeclaredNoDataWarning)
         assert main(args + ["--nodata", "65535", "--period", "month", "--region", "b", "--out", str(tmp_path / "b")]) == 0
+
+
+def test_extract_checks_region_and_bands_before_extracting(wc, parcels_file, tmp_path, capsys, monkeypatch):
+    """An existing region and a layout band the imagery lacks are refused before any pixel is read; variables the
+    BreizhCrops layout does not take (Sentinel-1, slope, weather of the WorldCereal file) are not extracted."""
+    import cropkit.geo.extract as ge
+    args = ["extract", str(parcels_file), "--cube", str(WC), "--prefix", "S2-L2A-", "--nodata", "65535", "--start",
+            "2020-11-01", "--end", "2021-10-31", "--label-col", "CODE_CULTU", "--id-col", "id", "--out", str(tmp_path)]
+    assert main(args + ["--region", "a", "--band-map", "B8A=B08"]) == 0
+    out = capsys.readouterr().out
+    assert "not extracted (not in the BreizhCrops L2A layout): S1-SIGMA0-VH, S1-SIGMA0-VV, slope, elevation" in out
+    assert "(12 dates, 9 bands)" in out
+    monkeypatch.setattr(ge, "extract_parcels", lambda *a, **k: pytest.fail("extract_parcels ran"))
+    assert main(args + ["--region", "a", "--band-map", "B8A=B08"]) == 2
+    assert "already holds region 'a'" in capsys.readouterr().err
+    assert main(args + ["--region", "b"]) == 2
+    assert "lack the L2A band(s) ['B8A']" in capsys.readouterr().err

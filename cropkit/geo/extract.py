@@ -29,7 +29,7 @@ except ImportError as _e:
 
 # %% auto #0
 __all__ = ['read_parcels', 'prepare_parcels', 'extract_parcels', 'skipped_parcels', 'sample_pixels', 'sample_points',
-           'write_breizhcrops', 'demo_parcels']
+           'layout_sources', 'check_region_free', 'write_breizhcrops', 'demo_parcels']
 
 # %% ../../nbs/42_geo.extract.ipynb #c7fe8e2a
 def _describe(src) -> str: return str(src) if isinstance(src, (str, os.PathLike)) else "the parcels"
@@ -312,19 +312,11 @@ def _level_bands(level: str) -> list[str]:
     from cropkit.data.breizhcrops import DEFAULT_BANDS
     return list(DEFAULT_BANDS[level])
 
-def write_breizhcrops(series: xr.Dataset, root: str | os.PathLike, region: str, year: int = 2017, level: str = "L2A",
-                      band_map: dict | None = None, scale: float = 1.0, classmapping: str | os.PathLike | None = None,
-                      overwrite: bool = False, verbose: bool = False) -> Path:
-    "Write `extract_parcels` output as BreizhCrops region `region` (index CSV + h5 keyed by path + classmapping) under `root`."
-    from cropkit.data.breizhcrops import (COLUMNS, CLOUD_COLUMN, LEVELS, breizhcrops_paths, class_names,
-                                          read_classmapping, write_h5)
+def layout_sources(bands, level: str = "L2A", band_map: dict | None = None) -> dict:
+    "{BreizhCrops column: source band} for the `level` layout from the bands at hand (and `band_map` substitutes)."
+    from cropkit.data.breizhcrops import LEVELS
     if level not in LEVELS: raise ValueError(f"unknown level {level!r}; BreizhCrops levels are {list(LEVELS)}")
-    if "mean" not in series or "label" not in series.coords:
-        raise ValueError("series must come from extract_parcels(..., label_col=...): it needs 'mean' and the 'label' coordinate")
-    paths = breizhcrops_paths(root, region, year, level)
-    if (paths.index.exists() or paths.h5.exists()) and not overwrite:
-        raise FileExistsError(f"{paths.index} already holds region {paths.region!r}; pass overwrite=True (--overwrite) to replace it")
-    have = {band_key(b): str(b) for b in series["band"].values}
+    have = {band_key(b): str(b) for b in bands}
     band_map = {band_key(k): v for k, v in (band_map or {}).items()}
     src, missing = {}, []
     for col in _level_bands(level):
@@ -336,6 +328,27 @@ def write_breizhcrops(series: xr.Dataset, root: str | os.PathLike, region: str, 
     if missing:
         raise ValueError(f"the series lack the {level} band(s) {missing} (bands: {list(have.values())}); extract them, "
                          f"or name a substitute explicitly with band_map (e.g. {{'{missing[0]}': ...}})")
+    return src
+
+def check_region_free(root, region: str, year: int, level: str, overwrite: bool = False):
+    "The `breizhcrops_paths` of `region`, refused with FileExistsError if it is written already and not `overwrite`."
+    from cropkit.data.breizhcrops import breizhcrops_paths
+    paths = breizhcrops_paths(root, region, year, level)
+    if (paths.index.exists() or paths.h5.exists()) and not overwrite:
+        raise FileExistsError(f"{paths.index} already holds region {paths.region!r}; pass overwrite=True (--overwrite) to replace it")
+    return paths
+
+def write_breizhcrops(series: xr.Dataset, root: str | os.PathLike, region: str, year: int = 2017, level: str = "L2A",
+                      band_map: dict | None = None, scale: float = 1.0, classmapping: str | os.PathLike | None = None,
+                      overwrite: bool = False, verbose: bool = False) -> Path:
+    "Write `extract_parcels` output as BreizhCrops region `region` (index CSV + h5 keyed by path + classmapping) under `root`."
+    from cropkit.data.breizhcrops import (COLUMNS, CLOUD_COLUMN, LEVELS, breizhcrops_paths, class_names,
+                                          read_classmapping, write_h5)
+    if level not in LEVELS: raise ValueError(f"unknown level {level!r}; BreizhCrops levels are {list(LEVELS)}")
+    if "mean" not in series or "label" not in series.coords:
+        raise ValueError("series must come from extract_parcels(..., label_col=...): it needs 'mean' and the 'label' coordinate")
+    paths = check_region_free(root, region, year, level, overwrite)
+    src = layout_sources(series["band"].values, level, band_map)
     ids = series["parcel"].values
     try: num = pd.to_numeric(pd.Series(ids), errors="raise").to_numpy(np.float64)
     except (TypeError, ValueError): num = np.array([np.nan])

@@ -121,21 +121,32 @@ def cube_from_args(args, bands=None, chunks=None):
     if args.period: cube = composite(cube, args.period, how=args.how, start=start, end=end)
     return cube
 
+def _layout_bands(cube, level: str, band_map: dict, quiet: bool = False):
+    "`cube` with only the bands the BreizhCrops `level` layout takes (missing ones are named before any extraction)."
+    from cropkit.geo.extract import layout_sources
+    used = set(layout_sources(cube["band"].values, level, band_map).values())
+    unused = [str(b) for b in cube["band"].values if str(b) not in used]
+    if not unused: return cube
+    if not quiet: print(f"not extracted (not in the BreizhCrops {level} layout): {', '.join(unused)}")
+    return cube.sel(band=[b for b in cube["band"].values if str(b) in used])
+
 def cmd_extract(args) -> int:
     "Run `cropkit extract`: open the imagery, clean, composite, extract the parcels, write the BreizhCrops layout."
     import pandas as pd
-    from cropkit.geo.extract import extract_parcels, skipped_parcels, write_breizhcrops
+    from cropkit.geo.extract import check_region_free, extract_parcels, read_parcels, skipped_parcels, write_breizhcrops
     t0 = time.perf_counter()
     start = pd.Timestamp(args.start)
     band_map = parse_band_map(args.band_map)
+    check_region_free(args.out, args.region, args.year or start.year, args.level, args.overwrite)   # cheap checks first:
+    parcels = read_parcels(args.parcels, args.id_col, args.label_col)                               # then the imagery
     client = None
     if args.scheduler:
         from dask.distributed import Client
         try: client = Client(args.scheduler, timeout="20s")
         except Exception as e: raise OSError(f"cannot connect to the dask scheduler {args.scheduler}: {e}") from e
     try:
-        cube = cube_from_args(args)
-        ds = extract_parcels(cube, args.parcels, args.id_col, args.label_col, buffer=args.buffer, partial=args.partial,
+        cube = _layout_bands(cube_from_args(args), args.level, band_map, quiet=args.quiet)
+        ds = extract_parcels(cube, parcels, args.id_col, args.label_col, buffer=args.buffer, partial=args.partial,
                              workers=args.workers, progress=not args.quiet)
     finally:
         if client is not None: client.close()
