@@ -119,7 +119,9 @@ def test_map_worldcereal_cli(wc, wc_model, tmp_path, capsys):
     assert len(agree) >= 20 and all(agree), (len(agree), np.mean(agree))
 
 
-def test_map_refuses_and_writes_nothing(wc, wc_model, tmp_path, capsys):
+def test_map_refuses_and_writes_nothing(wc, wc_model, tmp_path, capsys, monkeypatch):
+    "Each refusal leaves nothing behind; a bad parcel file is refused before any pixel is classified."
+    import cropkit.geo.classify as gc
     ckpt, parcels, _ = wc_model
     base = ["map", ckpt, *CUBE, "--device", "cpu", "-q"]
 
@@ -136,6 +138,10 @@ def test_map_refuses_and_writes_nothing(wc, wc_model, tmp_path, capsys):
     refused(["--out", tmp_path / "m.tif", "--smooth", "4"], "--smooth must be an odd window")
     refused(["--out", tmp_path / "m.tif", "--parcels", parcels], "--parcels and --out-parcels go together")
     refused(["--out", tmp_path / "m.png"], "--out must name the class-map GeoTIFF")
+    monkeypatch.setattr(gc, "map_cube", lambda *a, **k: pytest.fail("map_cube ran before the parcels were checked"))
+    refused(["--out", tmp_path / "m.tif", "--parcels", parcels, "--out-parcels", tmp_path / "p.gpkg", "--id-col", "ID"],
+            "no id column 'ID'")
+    monkeypatch.undo()
     refused(["--out", tmp_path / "m.tif", "--bbox", "10,10,11,11"], "does not overlap")
     refused(["--out", tmp_path / "new" / "folders" / "m.tif", "--period", "61D"], "6 dates")   # the folders it made are gone
     (tmp_path / "m_probs.tif").write_text("an earlier map")

@@ -95,6 +95,9 @@ def _map_into(args, out: Path, t0: float) -> int:
     from cropkit.train.inference import load_predictor
     for p in [*product_paths(out).values(), _report_path(out), *([Path(args.out_parcels)] if args.out_parcels else [])]:
         check_output(p, args.overwrite, "output")
+    if args.parcels:                                     # a bad parcel file fails now, not after the whole map
+        from cropkit.geo.extract import read_parcels
+        read_parcels(args.parcels, args.id_col)
     band_map = parse_band_map(args.band_map)
     predictor = load_predictor(args.checkpoint, args.device, args.batchsize)
     from cropkit.geo.cube import band_key
