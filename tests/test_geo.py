@@ -290,7 +290,11 @@ def test_extract_checks_region_and_bands_before_extracting(wc, parcels_file, tmp
     import cropkit.geo.extract as ge
     args = ["extract", str(parcels_file), "--cube", str(WC), "--prefix", "S2-L2A-", "--nodata", "65535", "--start",
             "2020-11-01", "--end", "2021-10-31", "--label-col", "CODE_CULTU", "--id-col", "id", "--out", str(tmp_path)]
+    import cropkit.geo.extract_cli as gx
+    opened, cube_from_args = [], gx.cube_from_args
+    monkeypatch.setattr(gx, "cube_from_args", lambda a, bands=None, **k: opened.append(bands) or cube_from_args(a, bands, **k))
     assert main(args + ["--region", "a", "--band-map", "B8A=B08"]) == 0
+    assert opened == [None, S2]                      # reopened with the layout's bands only: the others are never read
     out = capsys.readouterr().out
     assert "not extracted (not in the BreizhCrops L2A layout): S1-SIGMA0-VH, S1-SIGMA0-VV, slope, elevation" in out
     assert "(12 dates, 9 bands)" in out

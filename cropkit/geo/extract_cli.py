@@ -121,14 +121,16 @@ def cube_from_args(args, bands=None, chunks=None):
     if args.period: cube = composite(cube, args.period, how=args.how, start=start, end=end)
     return cube
 
-def _layout_bands(cube, level: str, band_map: dict, quiet: bool = False):
-    "`cube` with only the bands the BreizhCrops `level` layout takes (missing ones are named before any extraction)."
+def _layout_cube(args, band_map: dict):
+    """The cleaned, composited cube of only the bands the BreizhCrops `--level` layout takes (a missing one is named
+    before any pixel is read); the other variables are named and opened no more."""
     from cropkit.geo.extract import layout_sources
-    used = set(layout_sources(cube["band"].values, level, band_map).values())
+    cube = cube_from_args(args)                          # lazy: nothing is read yet
+    used = set(layout_sources(cube["band"].values, args.level, band_map).values())
     unused = [str(b) for b in cube["band"].values if str(b) not in used]
     if not unused: return cube
-    if not quiet: print(f"not extracted (not in the BreizhCrops {level} layout): {', '.join(unused)}")
-    return cube.sel(band=[b for b in cube["band"].values if str(b) in used])
+    if not args.quiet: print(f"not extracted (not in the BreizhCrops {args.level} layout): {', '.join(unused)}")
+    return cube_from_args(args, bands=[str(b) for b in cube["band"].values if str(b) in used])
 
 def cmd_extract(args) -> int:
     "Run `cropkit extract`: open the imagery, clean, composite, extract the parcels, write the BreizhCrops layout."
@@ -145,7 +147,7 @@ def cmd_extract(args) -> int:
         try: client = Client(args.scheduler, timeout="20s")
         except Exception as e: raise OSError(f"cannot connect to the dask scheduler {args.scheduler}: {e}") from e
     try:
-        cube = _layout_bands(cube_from_args(args), args.level, band_map, quiet=args.quiet)
+        cube = _layout_cube(args, band_map)
         ds = extract_parcels(cube, parcels, args.id_col, args.label_col, buffer=args.buffer, partial=args.partial,
                              workers=args.workers, progress=not args.quiet)
     finally:
