@@ -125,7 +125,7 @@ def _layout_cube(args, band_map: dict):
     """The cleaned, composited cube of only the bands the BreizhCrops `--level` layout takes (a missing one is named
     before any pixel is read); the other variables are named and opened no more."""
     from cropkit.geo.extract import layout_sources
-    cube = cube_from_args(args)                          # lazy: nothing is read yet
+    cube = cube_from_args(args)                          # lazy: pixels wait for the extraction
     used = set(layout_sources(cube["band"].values, args.level, band_map).values())
     unused = [str(b) for b in cube["band"].values if str(b) not in used]
     if not unused: return cube
