@@ -78,18 +78,20 @@ def make_cube(data, times, bands: Sequence[str], x, y, crs, nodata=None, chunks=
     cube = xr.DataArray(data, dims=CUBE_DIMS, name=name, attrs=dict(attrs or {}),
                         coords={"time": times.values.astype("datetime64[ns]"), "band": bands, "y": y, "x": x})
     if not (order == np.arange(len(order))).all(): cube = cube.isel(time=order)
+    cube = mask_value(cube, nodata)
     cube = cube.rio.write_crs(crs)
     cube = cube.rio.write_transform(cube.rio.transform(recalc=True))
-    if nodata is not None and not np.isnan(nodata): cube = mask_value(cube, nodata)
+    if nodata is not None: cube = cube.rio.write_nodata(np.nan, encoded=False)   # masked: NaN is the no-data now
     c = _chunks(chunks)
     if c is not None: cube = cube.chunk(c)
     return check_cube(cube)
 
-def mask_value(cube: xr.DataArray, value) -> xr.DataArray:
-    "`cube` as float32 with NaN where it equals `value` (a no-data value), lazily; NaN becomes its declared no-data."
-    out = cube.astype(np.float32).where(cube != value)
-    out.attrs = dict(cube.attrs)
-    return out.rio.write_crs(cube.rio.crs).rio.write_nodata(np.nan, encoded=False)
+def mask_value(arr: xr.DataArray, value) -> xr.DataArray:
+    "`arr` as float32 with NaN where it equals the no-data `value`, lazily; `arr` itself when `value` is None or NaN."
+    if value is None or np.isnan(value): return arr
+    out = arr.astype(np.float32).where(arr != value)
+    out.attrs = dict(arr.attrs)
+    return out
 
 def pixel_centres(bounds: Sequence[float], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     "Pixel-centre `x` (west to east) and `y` (north to south) of a grid of `shape` (rows, cols) filling `bounds` (xmin, ymin, xmax, ymax)."
@@ -410,10 +412,7 @@ def open_stac(source: str | os.PathLike, bands: Sequence[str] | None = None, col
     if bbox is not None: kw["bbox"] = tuple(bbox)
     try: ds = odc.stac.load(items, **kw)
     except Exception as e: raise ValueError(f"odc.stac.load could not load {len(items)} items of {source}: {e}") from e
-    layers = []                                        # each asset's declared no-data (raster extension) becomes NaN
-    for b in pick:
-        nd = ds[b].attrs.get("nodata")
-        layers.append(ds[b].astype(np.float32).where(ds[b] != nd) if nd is not None and not np.isnan(nd) else ds[b])
+    layers = [mask_value(ds[b], ds[b].attrs.get("nodata")) for b in pick]   # each asset's declared no-data: NaN
     arr = xr.concat(layers, dim=pd.Index(pick, name="band")).transpose("time", "band", "y", "x")
     cube = make_cube(arr.data, ds["time"].values, pick, ds["x"].values, ds["y"].values, ds.odc.crs.to_wkt(),
                      chunks=chunks, attrs={"source": str(source)})

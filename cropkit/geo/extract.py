@@ -342,8 +342,7 @@ def write_breizhcrops(series: xr.Dataset, root: str | os.PathLike, region: str, 
                       band_map: dict | None = None, scale: float = 1.0, classmapping: str | os.PathLike | None = None,
                       overwrite: bool = False, verbose: bool = False) -> Path:
     "Write `extract_parcels` output as BreizhCrops region `region` (index CSV + h5 keyed by path + classmapping) under `root`."
-    from cropkit.data.breizhcrops import (COLUMNS, CLOUD_COLUMN, LEVELS, breizhcrops_paths, class_names,
-                                          read_classmapping, write_h5)
+    from cropkit.data.breizhcrops import COLUMNS, CLOUD_COLUMN, LEVELS, class_names, read_classmapping, write_h5
     if level not in LEVELS: raise ValueError(f"unknown level {level!r}; BreizhCrops levels are {list(LEVELS)}")
     if "mean" not in series or "label" not in series.coords:
         raise ValueError("series must come from extract_parcels(..., label_col=...): it needs 'mean' and the 'label' coordinate")

@@ -95,9 +95,10 @@ def _map_into(args, out: Path, t0: float) -> int:
     from cropkit.train.inference import load_predictor
     for p in [*product_paths(out).values(), _report_path(out), *([Path(args.out_parcels)] if args.out_parcels else [])]:
         check_output(p, args.overwrite, "output")
+    parcels = None
     if args.parcels:                                     # a bad parcel file fails now, not after the whole map
         from cropkit.geo.extract import read_parcels
-        read_parcels(args.parcels, args.id_col)
+        parcels = read_parcels(args.parcels, args.id_col)
     band_map = parse_band_map(args.band_map)
     predictor = load_predictor(args.checkpoint, args.device, args.batchsize)
     from cropkit.geo.cube import band_key
@@ -113,7 +114,7 @@ def _map_into(args, out: Path, t0: float) -> int:
         try:
             probs = _votes_from(paths["class"], predictor.classes) if args.parcel_method == "majority" \
                 else _probabilities_from(paths["probs"])
-            gdf = parcel_map(args.parcels, args.id_col, probs=probs, predictor=predictor,
+            gdf = parcel_map(parcels, args.id_col, probs=probs, predictor=predictor,
                              cube=cube, how=args.parcel_method, scale=args.scale, band_map=band_map)
             paths["parcels"] = write_parcel_map(gdf, args.out_parcels, args.overwrite)
         except BaseException:
