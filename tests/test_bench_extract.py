@@ -28,9 +28,11 @@ def test_benchmark_runs_both_layers_and_the_whole_cube():
                         "--fields", "--repeat", "1"], capture_output=True, text=True, cwd=ROOT, timeout=600,
                        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
-    lines = [l for l in r.stdout.splitlines() if l.startswith("subset")]
+    assert "written as a tiled GeoTIFF (deflate" in r.stdout and "GDAL cache for the scene's share" in r.stdout
+    lines = [l for l in r.stdout.splitlines() if l.startswith("subset") and " layer of " in l]
     assert [l.split(",")[1].split()[0] for l in lines] == ["sparse", "fields"]
     for line in lines:                                # cropkit and rasterio.mask agree up to edge pixels
         assert float(line.split("max |difference| of means ")[1].split(":")[0]) < 200
+        assert line.count("-> ratio") == 2            # against the default cache and against the scene's share
     whole = [l for l in r.stdout.splitlines() if l.startswith("whole cube")]
     assert len(whole) == 1 and "400 parcels in" in whole[0] and "peak RSS" in whole[0]
