@@ -188,11 +188,13 @@ def _parcel_frame(gdf, ids, proba: np.ndarray, classes: Sequence[str], id_col: s
 PARCEL_METHODS = ("mean", "majority", "series")
 
 def pixel_votes(probs: xr.DataArray) -> xr.DataArray:
-    "One-hot (class, y, x) float32 of each pixel's arg-max class; NaN where the pixel has no probabilities."
+    """One-hot (class, y, x) float32 of each pixel's arg-max class; NaN where the pixel has no probabilities. Marked
+    `attrs["kind"] = "votes"`; votes so marked (e.g. read from a written class map) are returned as they are."""
+    if probs.attrs.get("kind") == "votes": return probs
     valid = probs.notnull().all("class")
     winner = probs.fillna(-1.0).argmax("class")
     votes = xr.concat([(winner == k) for k in range(probs.sizes["class"])], dim=probs["class"])
-    return votes.astype(np.float32).where(valid).transpose("class", ...)
+    return votes.astype(np.float32).where(valid).transpose("class", ...).assign_attrs(kind="votes")
 
 def parcel_map(parcels, id_col: str = "id", probs: xr.DataArray | None = None, predictor=None, cube: xr.DataArray | None = None,
                how: str = "mean", scale: float = 1e-4, band_map: dict | None = None) -> "gpd.GeoDataFrame":

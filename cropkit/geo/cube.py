@@ -88,7 +88,10 @@ def make_cube(data, times, bands: Sequence[str], x, y, crs, nodata=None, chunks=
 
 def mask_value(arr: xr.DataArray, value) -> xr.DataArray:
     "`arr` as float32 with NaN where it equals the no-data `value`, lazily; `arr` itself when `value` is None or NaN."
-    if value is None or np.isnan(value): return arr
+    if value is None: return arr
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"nodata must be a number (the value that marks missing pixels), got {value!r}")
+    if np.isnan(value): return arr
     out = arr.astype(np.float32).where(arr != value)
     out.attrs = dict(arr.attrs)
     return out

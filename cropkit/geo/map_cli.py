@@ -76,7 +76,8 @@ def _votes_from(path, classes):
     if missing: raise ValueError(f"{path}: the class map names no code for the classes {missing}")
     votes = [(codes == code_of[c]).astype(np.float32) for c in classes]
     valid = codes != info.nodata if info.nodata is not None else codes.notnull()
-    return xr.concat(votes, dim="class").assign_coords({"class": list(classes)}).where(valid)
+    votes = xr.concat(votes, dim="class").assign_coords({"class": list(classes)}).where(valid)
+    return votes.assign_attrs(kind="votes")              # already votes: parcel_map(how="majority") takes them as they are
 
 def cmd_map(args) -> int:
     "Run `cropkit map`: load the model, open the imagery, write the map products (and the parcel map)."
