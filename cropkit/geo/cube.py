@@ -27,8 +27,8 @@ from ..core import require_file
 # %% auto #0
 __all__ = ['GEO_EXTRA', 'CUBE_DIMS', 'DEFAULT_CHUNKS', 'S2_COMMON_NAMES', 'check_cube', 'make_cube', 'mask_value',
            'pixel_centres', 'band_key', 'find_band', 'select_bands', 'select_time', 'cube_from_arrays', 'open_eopatch',
-           'UndeclaredNoDataWarning', 'undeclared_nodata', 'open_netcdf', 'pattern_regex', 'image_table', 'open_images',
-           'stac_items', 'open_stac', 'write_stac_catalog', 'open_cube']
+           'UndeclaredNoDataWarning', 'sample_windows', 'undeclared_nodata', 'warn_undeclared_nodata', 'open_netcdf',
+           'pattern_regex', 'image_table', 'open_images', 'stac_items', 'open_stac', 'write_stac_catalog', 'open_cube']
 
 # %% ../../nbs/40_geo.cube.ipynb #49d4f5af
 CUBE_DIMS = ("time", "band", "y", "x")
@@ -207,16 +207,32 @@ def open_eopatch(folder: str | os.PathLike, features: Sequence[str] = ("data/NDV
 class UndeclaredNoDataWarning(UserWarning):
     "An integer cube declares no no-data value but holds its type's extreme value, which often marks missing data."
 
-def undeclared_nodata(cube: xr.DataArray, window: int = 512) -> tuple | None:
+def sample_windows(ny: int, nx: int, window: int = 512) -> list[tuple[slice, slice]]:
+    "(rows, cols) of up to five `window` x `window` samples of a ny x nx grid: its centre and its four corners."
+    h, w = min(window, ny), min(window, nx)
+    starts = {((ny - h) // 2, (nx - w) // 2), (0, 0), (0, nx - w), (ny - h, 0), (ny - h, nx - w)}
+    return [(slice(r, r + h), slice(c, c + w)) for r, c in sorted(starts)]
+
+def undeclared_nodata(cube: xr.DataArray, window: int = 512, dates: int = 24) -> tuple | None:
     """(value, share) when an integer `cube` without a declared no-data value holds its type's largest value (unsigned)
-    or smallest (signed) in a central `window` x `window` pixels over all dates and bands; else None."""
+    or smallest (signed) in the `sample_windows` (centre and corners: scenes cut by a swath edge hold no-data in a
+    corner), all bands, at most `dates` dates spread over the series; else None."""
     if cube.rio.nodata is not None or not np.issubdtype(cube.dtype, np.integer): return None
     info = np.iinfo(cube.dtype)
     value = info.max if info.min == 0 else info.min
-    cy, cx = cube.sizes["y"] // 2, cube.sizes["x"] // 2
-    part = cube.isel(y=slice(max(0, cy - window // 2), cy + window // 2), x=slice(max(0, cx - window // 2), cx + window // 2))
-    share = float((part == value).mean())
+    cube = cube.isel(time=np.unique(np.linspace(0, cube.sizes["time"] - 1, min(dates, cube.sizes["time"])).round().astype(int)))
+    parts = [cube.isel(y=rows, x=cols) for rows, cols in sample_windows(cube.sizes["y"], cube.sizes["x"], window)]
+    hits = sum(int((p == value).sum()) for p in parts)
+    share = hits / sum(p.size for p in parts)
     return (int(value), share) if share > 0 else None
+
+def warn_undeclared_nodata(cube: xr.DataArray, what: str, declares: str) -> None:
+    "Warn (`UndeclaredNoDataWarning`) when `undeclared_nodata` finds a likely no-data value in the cube read from `what`."
+    found = undeclared_nodata(cube)
+    if found is None: return
+    warnings.warn(f"{what}: {found[1]:.0%} of the values sampled (centre and corners) equal {found[0]}, the extreme of "
+                  f"{cube.dtype}, and {declares} no no-data value: if {found[0]} marks missing data, open it with "
+                  f"nodata={found[0]} (cropkit extract/map: --nodata {found[0]})", UndeclaredNoDataWarning, stacklevel=3)
 
 def open_netcdf(path: str | os.PathLike, bands: Sequence[str] | None = None, prefix: str | None = None,
                 chunks=DEFAULT_CHUNKS, nodata=None) -> xr.DataArray:
@@ -255,11 +271,7 @@ def open_netcdf(path: str | os.PathLike, bands: Sequence[str] | None = None, pre
     data = dsa.stack([a if isinstance(a, dsa.Array) else dsa.from_array(a) for a in layers], axis=1)
     cube = make_cube(data, ds["time"].values, pick, ds["x"].values, ds["y"].values, crs, chunks=chunks,
                      attrs={"source": str(path)}, nodata=nodata)
-    found = undeclared_nodata(cube)
-    if found is not None:
-        warnings.warn(f"{path}: {found[1]:.0%} of the values in its centre equal {found[0]}, the extreme of {cube.dtype}, "
-                      f"and the file declares no no-data value: if {found[0]} marks missing data, open it with "
-                      f"nodata={found[0]} (cropkit extract/map: --nodata {found[0]})", UndeclaredNoDataWarning, stacklevel=2)
+    warn_undeclared_nodata(cube, str(path), "the file declares")
     return cube
 
 # %% ../../nbs/40_geo.cube.ipynb #d0432fa5
@@ -343,6 +355,7 @@ def open_images(files, pattern: str = "*_{band}_{date}.*", bands: Sequence[str] 
     a0 = rioxarray.open_rasterio(first)
     cube = make_cube(dsa.stack(layers), dates, keep, a0.x.values, a0.y.values, ref[0], chunks=chunks,
                      nodata=nodata if nodata is not None else nd, attrs={"source": str(Path(first).parent)})
+    warn_undeclared_nodata(cube, f"image folder {Path(first).parent}", "its files declare")
     return select_time(cube, start, end, what=f"image folder {Path(first).parent}")
 
 # %% ../../nbs/40_geo.cube.ipynb #4817a1bd

@@ -298,7 +298,7 @@ def sample_points(cube: xr.DataArray, points, id_col: str = "id", label_col: str
         if c is not None and c not in df.columns: raise KeyError(f"{what} has no column {c!r}; its columns are {list(df.columns)}")
     if df[[lon, lat]].isna().any().any(): raise ValueError(f"{what}: {int(df[[lon, lat]].isna().any(axis=1).sum())} point(s) lack coordinates")
     xx, yy = Transformer.from_crs(crs, cube.rio.crs, always_xy=True).transform(df[lon].to_numpy(float), df[lat].to_numpy(float))
-    col, row = ~cube.rio.transform() * (np.asarray(xx), np.asarray(yy))
+    col, row = ~cube.rio.transform() @ (np.asarray(xx), np.asarray(yy))
     row, col = np.floor(row).astype(np.int64), np.floor(col).astype(np.int64)
     out = (row < 0) | (col < 0) | (row >= cube.sizes["y"]) | (col >= cube.sizes["x"])
     if out.any(): raise ValueError(f"{what}: point(s) {df[id_col].to_numpy()[out].tolist()[:10]} lie outside the cube "
