@@ -424,7 +424,7 @@ _V = dict(epochs=60, batch_size=32, scheduler="onecycle", normalization="standar
 
 RECIPES: dict[str, dict[str, Recipe]] = {
     "victoria": {
-        "TempCNN": Recipe("TempCNN", lr=3e-3, weight_decay=0.0, hparams=dict(kernel_size=5, hidden_dims=64, dropout=0.5), **_V),
+        "TempCNN": Recipe("TempCNN", lr=5e-3, weight_decay=0.0, hparams=dict(kernel_size=5, hidden_dims=64, dropout=0.5), **_V),
         "TransformerEncoder": Recipe("TransformerEncoder", lr=2e-3, weight_decay=1e-4,
                                      hparams=dict(d_model=64, n_head=2, n_layers=5),
                                      **{**_V, "epochs": 100, "augmentation": dict(mixup=0.8)}, time_channel=True),
