@@ -303,3 +303,19 @@ def test_extract_checks_region_and_bands_before_extracting(wc, parcels_file, tmp
     assert "already holds region 'a'" in capsys.readouterr().err
     assert main(args + ["--region", "b"]) == 2
     assert "lack the L2A band(s) ['B8A']" in capsys.readouterr().err
+
+
+def test_stac_source_searched_once_when_reopened_with_layout_bands(wc, parcels_file, tmp_path, capsys, monkeypatch):
+    "A catalog with an asset the layout does not take: opened twice (the second time without it), searched once."
+    import xarray as xr
+    import cropkit.geo.cube as gc
+    extra = xr.concat([wc, wc.sel(band=["B02"]).assign_coords(band=["slope"])], dim="band")
+    cat = write_stac_catalog(extra.isel(time=slice(0, 3)), tmp_path / "stac", "with-slope")
+    searches, stac_items = [], gc.stac_items
+    monkeypatch.setattr(gc, "stac_items", lambda *a, **k: searches.append(a) or stac_items(*a, **k))
+    code = main(["extract", parcels_file, "--stac", cat, "--start", "2020-11-01", "--end", "2021-01-31", "--label-col",
+                 "CODE_CULTU", "--id-col", "id", "--region", "r", "--out", tmp_path / "out", "--band-map", "B8A=B08"])
+    assert code == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "not extracted (not in the BreizhCrops L2A layout): slope" in out and "(3 dates, 9 bands)" in out
+    assert len(searches) == 1

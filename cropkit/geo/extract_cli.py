@@ -8,7 +8,7 @@ import argparse, time
 
 # %% auto #0
 __all__ = ['add_imagery_options', 'add_extract_parser', 'parse_band_map', 'parse_bbox', 'clip_bbox', 'cube_from_args',
-           'cmd_extract']
+           'stac_search', 'cmd_extract']
 
 # %% ../../nbs/43_geo.extract_cli.ipynb #352211b7
 def add_imagery_options(p: argparse.ArgumentParser, dates_required: bool = True) -> None:
@@ -91,8 +91,9 @@ def clip_bbox(cube, bbox, what: str = "the imagery"):
         raise ValueError(f"--bbox {bbox} does not overlap {what}, which covers lon/lat {tuple(round(v, 4) for v in lon_lat)} "
                          f"({type(e).__name__})") from None
 
-def cube_from_args(args, bands=None, chunks=None):
-    "Open (source, dates, `bands` or --bands, --bbox; dask `chunks`), clean (--scl / --mask-band / --cloud-prob / --nodata) and composite (--period) a cube."
+def cube_from_args(args, bands=None, chunks=None, items=None):
+    """Open (source, dates, `bands` or --bands, --bbox; dask `chunks`), clean (--scl / --mask-band / --cloud-prob /
+    --nodata) and composite (--period) a cube; `items`: the STAC items of --stac when already searched."""
     import warnings
     import pandas as pd
     from cropkit.geo.cube import open_eopatch, open_images, open_netcdf, open_stac, select_bands, select_time
@@ -108,7 +109,7 @@ def cube_from_args(args, bands=None, chunks=None):
     bbox = parse_bbox(args.bbox)
     kw = {} if chunks is None else {"chunks": chunks}
     if args.stac: cube = open_stac(args.stac, bands=bands, collection=args.collection, bbox=bbox, start=start, end=end,
-                                   resolution=args.resolution, crs=args.crs, **kw)
+                                   resolution=args.resolution, crs=args.crs, items=items, **kw)
     elif args.images: cube = open_images(args.images, args.pattern, bands=bands, start=start, end=end, nodata=nodata, **kw)
     elif getattr(args, "eopatch", None):
         cube = open_eopatch(args.eopatch, _csv(args.features), **kw)
@@ -121,16 +122,24 @@ def cube_from_args(args, bands=None, chunks=None):
     if args.period: cube = composite(cube, args.period, how=args.how, start=start, end=end)
     return cube
 
+def stac_search(args) -> list:
+    "The STAC items of --stac for --collection, --bbox and --start/--end (`cropkit.geo.cube.stac_items`)."
+    import pandas as pd
+    from cropkit.geo.cube import stac_items
+    when = [pd.Timestamp(d) if d else None for d in (args.start, args.end)]
+    return stac_items(args.stac, args.collection, parse_bbox(args.bbox), *when)
+
 def _layout_cube(args, band_map: dict):
     """The cleaned, composited cube of only the bands the BreizhCrops `--level` layout takes (a missing one is named
     before any pixel is read); the other variables are named and opened no more."""
     from cropkit.geo.extract import layout_sources
-    cube = cube_from_args(args)                          # lazy: pixels wait for the extraction
+    items = stac_search(args) if args.stac else None        # a STAC source is searched once, for both openings
+    cube = cube_from_args(args, items=items)                 # lazy: pixels wait for the extraction
     used = set(layout_sources(cube["band"].values, args.level, band_map).values())
     unused = [str(b) for b in cube["band"].values if str(b) not in used]
     if not unused: return cube
     if not args.quiet: print(f"not extracted (not in the BreizhCrops {args.level} layout): {', '.join(unused)}")
-    return cube_from_args(args, bands=[str(b) for b in cube["band"].values if str(b) in used])
+    return cube_from_args(args, bands=[str(b) for b in cube["band"].values if str(b) in used], items=items)
 
 def cmd_extract(args) -> int:
     "Run `cropkit extract`: open the imagery, clean, composite, extract the parcels, write the BreizhCrops layout."
