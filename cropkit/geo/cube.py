@@ -222,7 +222,8 @@ def undeclared_nodata(cube: xr.DataArray, window: int = 512, dates: int = 24) ->
     value = info.max if info.min == 0 else info.min
     cube = cube.isel(time=np.unique(np.linspace(0, cube.sizes["time"] - 1, min(dates, cube.sizes["time"])).round().astype(int)))
     parts = [cube.isel(y=rows, x=cols) for rows, cols in sample_windows(cube.sizes["y"], cube.sizes["x"], window)]
-    hits = sum(int((p == value).sum()) for p in parts)
+    import dask
+    hits = sum(int(n) for n in dask.compute(*[(p == value).sum() for p in parts]))   # one pass over the windows
     share = hits / sum(p.size for p in parts)
     return (int(value), share) if share > 0 else None
 
