@@ -24,6 +24,9 @@ def test_pyproject_packages_and_nbdev_settings():
     deps = " ".join(cfg["project"]["dependencies"])
     for banned in ("torchvision", "timm"):
         assert banned not in deps
+    extras = cfg["project"]["optional-dependencies"]
+    assert {"geo", "viz", "docs", "dev", "gee"} <= set(extras)     # Earth Engine (xee) stays out of the geo extra
+    assert any(d.startswith("xee") for d in extras["gee"]) and not any("xee" in d for d in extras["geo"])
 
 
 def test_every_exported_module_comes_from_a_notebook():
