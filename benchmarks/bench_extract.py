@@ -189,14 +189,14 @@ def main():
     sub = cube.isel(y=slice(0, s), x=slice(0, s))
     with tempfile.TemporaryDirectory() as tmp:
         tif = Path(tmp) / "subset.tif"
-        a = sub.values.reshape(-1, s, s)
+        T, B = sub.sizes["time"], sub.sizes["band"]
         codec = {} if args.compress == "none" else {"compress": args.compress, "predictor": 3}
-        with rasterio.open(tif, "w", driver="GTiff", height=s, width=s, count=a.shape[0], dtype="float32", crs=sub.rio.crs,
+        with rasterio.open(tif, "w", driver="GTiff", height=s, width=s, count=T * B, dtype="float32", crs=sub.rio.crs,
                            transform=sub.rio.transform(), tiled=True, blockxsize=256, blockysize=256, interleave="band",
-                           **codec) as dst:
-            dst.write(a)                               # band-interleaved, as stacks of single-band COGs are stored
-        cache = scene_cache_bytes(a.nbytes, cube.size * 4)
-        del a
+                           **codec) as dst:            # band-interleaved, as stacks of single-band COGs are stored
+            for t in range(T):                         # one date at a time: the subset is never held whole
+                dst.write(sub.isel(time=t).values, indexes=list(range(t * B + 1, (t + 1) * B + 1)))
+        cache = scene_cache_bytes(sub.size * 4, cube.size * 4)
         os.sync()                                      # the file's write-back must not run during the timings
         print(f"subset {s}x{s}px written as a tiled GeoTIFF ({args.compress}, {os.path.getsize(tif) / 1e9:.2f} GB); "
               f"GDAL cache for the scene's share: {cache / 1e6:.1f} MB")
