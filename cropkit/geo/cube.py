@@ -217,12 +217,12 @@ def undeclared_nodata(cube: xr.DataArray, window: int = 512, dates: int = 24) ->
     """(value, share) when an integer `cube` without a declared no-data value holds its type's largest value (unsigned)
     or smallest (signed) in the `sample_windows` (centre and corners: scenes cut by a swath edge hold no-data in a
     corner), all bands, at most `dates` dates spread over the series; else None."""
+    import dask
     if cube.rio.nodata is not None or not np.issubdtype(cube.dtype, np.integer): return None
     info = np.iinfo(cube.dtype)
     value = info.max if info.min == 0 else info.min
     cube = cube.isel(time=np.unique(np.linspace(0, cube.sizes["time"] - 1, min(dates, cube.sizes["time"])).round().astype(int)))
     parts = [cube.isel(y=rows, x=cols) for rows, cols in sample_windows(cube.sizes["y"], cube.sizes["x"], window)]
-    import dask
     hits = sum(int(n) for n in dask.compute(*[(p == value).sum() for p in parts]))   # one pass over the windows
     share = hits / sum(p.size for p in parts)
     return (int(value), share) if share > 0 else None
